@@ -1,0 +1,648 @@
+"""Weight constraints for stacks of matrices in the RMS->RMS geometry.
+
+Every method maps a weight W of shape (..., d_out, d_in) to a constrained weight of the same shape,
+dtype and device. All caps `w_max` are in the RMS->RMS operator norm
+
+    ||W||_* = sqrt(d_in / d_out) * sigma_max(W),
+
+so each method acts on the singular values of M = W * sqrt(d_in / d_out) and scales back.
+
+Guarantees after `apply` (M's singular values s, cap w_max):
+    none                   nothing
+    weight_decay           W <- (1 - lr*wd) W                               (no bound)
+    spectral_weight_decay  top singular value s1 <- s1 (1 - lr*wd)           (no bound)
+    spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up >= s1     (||W||_* <= w_max, see below)
+    spectral_hammer        top singular value s1 <- w_max                   (no bound under high-rank updates)
+    soft_cap               s <- f(s) = s - 3a^2 s^5 + 3a^3 s^7 - a^4 s^9     (<= w_max given ||W||_* <= k, see soft_cap_alpha)
+    hard_cap               s <- min(s, w_max) by two msign evaluations      (exact in the limit; ~1e-3 in fp32)
+    hard_cap_poly          the paper's four fixed quintic steps             (approximate: max ~1.011 w_max, breaks past ~3.7 w_max)
+    svd_cap                s <- min(s, w_max) by an SVD                     (exact reference, slow)
+    stiefel                s <- w_max for every nonzero s (polar factor)
+
+Products run on the smaller Gram side. On CUDA, with triton importable, the hot products go through
+two Triton kernels (a symmetric product that computes one triangle of blocks and mirrors it, and a
+product with a fused `beta * R + alpha * A @ B` epilogue); elsewhere the same sequence of torch ops
+runs. The single dispatch point is `_ops_for`. The torch path computes in float32 for bf16/fp16
+inputs (the soft cap must hold to 1e-2 over thousands of steps in bf16; the Gram polynomial's small
+correction is cheap to keep exact); the Triton path loads bf16 tiles and accumulates in float32.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - triton ships with torch on Linux
+    HAVE_TRITON = False
+
+__all__ = [
+    "METHODS", "apply", "rms_norm_op", "soft_cap_alpha", "soft_cap_map", "msign", "cap_row_rms",
+    "FORK_NS_COEFFS", "FORK_MAX_SINGULAR_VALUE", "POLAR_EXPRESS_COEFFS", "HARD_CAP_POLY_COEFFS",
+    "HAVE_TRITON", "triton_sym_mm", "triton_mm_add", "torch_sym_mm", "torch_mm_add",
+]
+
+# ----------------------------------------------------------------------------------------------
+# Constants (numbers from REFERENCE.md)
+
+# modded-nanogpt's five Newton-Schulz quintic steps X <- a X + (b A + c A^2) X, A = X X^T.
+FORK_NS_COEFFS = (
+    (4.0848, -6.8946, 2.9270),
+    (3.9505, -6.3029, 2.6377),
+    (3.7418, -5.5913, 2.3037),
+    (2.8769, -3.1427, 1.2046),
+    (2.8366, -3.0525, 1.2012),
+)
+FORK_MAX_SINGULAR_VALUE = 1.14502  # largest singular value the five fork steps can output
+
+# Polar Express (Amsel et al. 2025), degree 5, lower bound 1e-3. Every step but the last is
+# evaluated at x / 1.01 (safety against round-off pushing values past the interval they were fit on).
+_POLAR_EXPRESS_RAW = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),  # the fixed point; repeated when more steps are asked for
+)
+_PE_SAFETY = 1.01
+POLAR_EXPRESS_COEFFS = tuple(
+    (a / _PE_SAFETY, b / _PE_SAFETY**3, c / _PE_SAFETY**5) for a, b, c in _POLAR_EXPRESS_RAW[:-1]
+) + (_POLAR_EXPRESS_RAW[-1],)
+
+# The paper's public hard cap: four quintic steps W <- W (a I + b G + c G^2), G = W^T W, at w_max = 1.
+HARD_CAP_POLY_COEFFS = (
+    (0.805032, 0.206361, -0.019763),
+    (0.649867, 0.162935, -0.011150),
+    (1.810259, -0.200265, 0.008251),
+    (1.004384, -0.183490, 0.014413),
+)
+
+POWER_ITERS_WARM = 4    # block power iterations per call when the state holds last call's vector
+POWER_ITERS_COLD = 48   # ... when it does not (first call, or no state given)
+POWER_PROBES = 3        # fresh random vectors in the block besides the tracked one
+HARD_CAP_MSIGN_STEPS = 14
+STIEFEL_MSIGN_STEPS = 12
+_STATE_KEY = "power_iter_v"
+
+
+# ----------------------------------------------------------------------------------------------
+# Small shape helpers
+
+def _rms_scale(W: Tensor) -> float:
+    """c = sqrt(d_in / d_out): sigma_max(c W) is the RMS->RMS norm of W."""
+    d_out, d_in = W.shape[-2], W.shape[-1]
+    return math.sqrt(d_in / d_out)
+
+
+def _as_batch(W: Tensor) -> Tensor:
+    """(..., m, n) -> (B, m, n), a view when possible."""
+    return W.reshape(-1, W.shape[-2], W.shape[-1])
+
+
+def _is_tall(X: Tensor) -> bool:
+    return X.shape[-2] >= X.shape[-1]
+
+
+def _tall(X: Tensor) -> Tensor:
+    """The orientation with rows >= cols (a transposed view for wide matrices)."""
+    return X if _is_tall(X) else X.mT
+
+
+def _compute_dtype(W: Tensor) -> torch.dtype:
+    return W.dtype if W.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Products: torch reference and Triton kernels, behind one dispatch point.
+#   sym_mm(A, B, alpha, beta, D) = alpha * A @ B^T + beta * D   for a result known to be symmetric
+#   mm_add(A, B, alpha, beta, R) = alpha * A @ B   + beta * R   (the fused epilogue)
+# All operands are (batch, rows, cols) with any strides.
+
+def torch_sym_mm(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, D: Tensor | None = None,
+                 out_dtype: torch.dtype | None = None) -> Tensor:
+    out_dtype = out_dtype or A.dtype
+    A, B = A.to(out_dtype), B.to(out_dtype)
+    if D is None:
+        C = torch.bmm(A, B.mT)
+        return C if alpha == 1.0 else C.mul_(alpha)
+    return torch.baddbmm(D.to(out_dtype), A, B.mT, beta=beta, alpha=alpha)
+
+
+def torch_mm_add(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, R: Tensor | None = None,
+                 out_dtype: torch.dtype | None = None) -> Tensor:
+    out_dtype = out_dtype or A.dtype
+    A, B = A.to(out_dtype), B.to(out_dtype)
+    if R is None:
+        C = torch.bmm(A, B)
+        return C if alpha == 1.0 else C.mul_(alpha)
+    return torch.baddbmm(R.to(out_dtype), A, B, beta=beta, alpha=alpha)
+
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+if HAVE_TRITON:
+    @triton.jit
+    def _sym_mm_kernel(A, B, D, C, R, K,
+                       s_ab, s_ar, s_ak, s_bb, s_br, s_bk, s_db, s_dr, s_dc, s_cb, s_cr, s_cc,
+                       alpha, beta,
+                       HAS_D: tl.constexpr, UPCAST: tl.constexpr,
+                       BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
+        # One (BLOCK x BLOCK) block of the lower triangle per program; the mirror block is stored
+        # from the same accumulator, so only ~half of the products are computed.
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        bat = tl.program_id(2)
+        if pid_n <= pid_m:
+            rm = pid_m * BLOCK + tl.arange(0, BLOCK)
+            rn = pid_n * BLOCK + tl.arange(0, BLOCK)
+            rk = tl.arange(0, BLOCK_K)
+            acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + rk
+                a = tl.load(A + bat * s_ab + rm[:, None] * s_ar + kk[None, :] * s_ak,
+                            mask=(rm[:, None] < R) & (kk[None, :] < K), other=0.0)
+                b = tl.load(B + bat * s_bb + kk[:, None] * s_bk + rn[None, :] * s_br,
+                            mask=(kk[:, None] < K) & (rn[None, :] < R), other=0.0)
+                if UPCAST:
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
+                acc += tl.dot(a, b)
+            acc = acc * alpha
+            inside = (rm[:, None] < R) & (rn[None, :] < R)
+            if HAS_D:
+                d = tl.load(D + bat * s_db + rm[:, None] * s_dr + rn[None, :] * s_dc, mask=inside, other=0.0)
+                acc += beta * d.to(tl.float32)
+            out = acc.to(C.dtype.element_ty)
+            tl.store(C + bat * s_cb + rm[:, None] * s_cr + rn[None, :] * s_cc, out, mask=inside)
+            if pid_n < pid_m:  # mirror: C[rn, rm] = out^T
+                tl.store(C + bat * s_cb + rn[None, :] * s_cr + rm[:, None] * s_cc, out, mask=inside)
+
+    @triton.jit
+    def _mm_add_kernel(A, B, Rt, C, M, N, K,
+                       s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_rb, s_rm, s_rn, s_cb, s_cm, s_cn,
+                       alpha, beta,
+                       HAS_R: tl.constexpr, UPCAST: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        bat = tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(A + bat * s_ab + rm[:, None] * s_am + kk[None, :] * s_ak,
+                        mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            b = tl.load(B + bat * s_bb + kk[:, None] * s_bk + rn[None, :] * s_bn,
+                        mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc += tl.dot(a, b)
+        acc = acc * alpha
+        inside = (rm[:, None] < M) & (rn[None, :] < N)
+        if HAS_R:  # fused epilogue: residual, scale and cast in the same pass as the product
+            r = tl.load(Rt + bat * s_rb + rm[:, None] * s_rm + rn[None, :] * s_rn, mask=inside, other=0.0)
+            acc += beta * r.to(tl.float32)
+        tl.store(C + bat * s_cb + rm[:, None] * s_cm + rn[None, :] * s_cn, acc.to(C.dtype.element_ty), mask=inside)
+
+
+def _check_batched(*tensors: Tensor) -> None:
+    for t in tensors:
+        if t is not None and t.ndim != 3:
+            raise ValueError(f"kernel operands must be (batch, rows, cols), got shape {tuple(t.shape)}")
+
+
+def _upcast(A: Tensor, B: Tensor) -> bool:
+    # The interpreter mishandles bf16 arithmetic, and tl.dot needs equal operand dtypes.
+    return _INTERPRETING or A.dtype != B.dtype
+
+
+def triton_sym_mm(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, D: Tensor | None = None,
+                  out_dtype: torch.dtype | None = None, block: int = 64, block_k: int = 32) -> Tensor:
+    """alpha * A @ B^T + beta * D for A, B (batch, r, K) whose product is symmetric (e.g. A = B, or
+    A, B commuting symmetric matrices). Computes only the blocks on and below the diagonal."""
+    _check_batched(A, B, D)
+    nb, r, K = A.shape
+    if B.shape != A.shape:
+        raise ValueError(f"sym_mm needs equal shapes, got {tuple(A.shape)} and {tuple(B.shape)}")
+    C = torch.empty(nb, r, r, device=A.device, dtype=out_dtype or A.dtype)
+    Dt = D if D is not None else C
+    t = triton.cdiv(r, block)
+    _sym_mm_kernel[(t, t, nb)](
+        A, B, Dt, C, r, K, *A.stride(), *B.stride(), *Dt.stride(), *C.stride(), float(alpha), float(beta),
+        HAS_D=D is not None, UPCAST=_upcast(A, B), BLOCK=block, BLOCK_K=block_k)
+    return C
+
+
+def triton_mm_add(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, R: Tensor | None = None,
+                  out_dtype: torch.dtype | None = None, block_m: int = 64, block_n: int = 64,
+                  block_k: int = 32) -> Tensor:
+    """alpha * A @ B + beta * R for A (batch, M, K), B (batch, K, N), R (batch, M, N)."""
+    _check_batched(A, B, R)
+    nb, M, K = A.shape
+    N = B.shape[-1]
+    C = torch.empty(nb, M, N, device=A.device, dtype=out_dtype or A.dtype)
+    Rt = R if R is not None else C
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), nb)
+    _mm_add_kernel[grid](
+        A, B, Rt, C, M, N, K, *A.stride(), *B.stride(), *Rt.stride(), *C.stride(), float(alpha), float(beta),
+        HAS_R=R is not None, UPCAST=_upcast(A, B), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    return C
+
+
+class _TorchOps:
+    sym_mm = staticmethod(torch_sym_mm)
+    mm_add = staticmethod(torch_mm_add)
+    upcasts = True  # the torch path computes bf16 inputs in float32
+
+
+class _TritonOps:
+    sym_mm = staticmethod(triton_sym_mm)
+    mm_add = staticmethod(triton_mm_add)
+    upcasts = False  # kernels load bf16 tiles and accumulate in float32
+
+
+TRITON_ON_CPU = False  # tests set this under TRITON_INTERPRET=1 to run the kernels on CPU tensors
+
+
+def _ops_for(X: Tensor):
+    """The one device dispatch: Triton kernels on CUDA when available, torch ops elsewhere."""
+    use_triton = HAVE_TRITON and (X.is_cuda or (TRITON_ON_CPU and _INTERPRETING))
+    return _TritonOps if use_triton else _TorchOps
+
+
+# ----------------------------------------------------------------------------------------------
+# Norms
+
+def rms_norm_op(W: Tensor) -> Tensor:
+    """Exact RMS->RMS operator norm sqrt(d_in/d_out) * sigma_max(W) of each matrix in (..., d_out, d_in).
+
+    Returns float32 of shape W.shape[:-2] (computed by an SVD in float32, float64 for float64 input).
+    """
+    _check_matrix(W, "W")
+    X = W.to(_compute_dtype(W))
+    return (torch.linalg.matrix_norm(X, ord=2) * _rms_scale(W)).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# msign: polar factor U V^T
+
+def _msign_steps(coeffs, steps: int | None) -> tuple[tuple[float, float, float], ...]:
+    if isinstance(coeffs, str):
+        table = {"polar_express": POLAR_EXPRESS_COEFFS, "fork": FORK_NS_COEFFS}.get(coeffs)
+        if table is None:
+            raise ValueError(f"msign: unknown coeffs {coeffs!r}; use 'polar_express', 'fork' or a list of (a, b, c)")
+    else:
+        table = tuple(tuple(float(x) for x in abc) for abc in coeffs)
+        if not table or any(len(abc) != 3 for abc in table):
+            raise ValueError("msign: coeffs must be a non-empty list of (a, b, c) triples")
+    steps = len(table) if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"msign: steps must be >= 1, got {steps}")
+    return table[:steps] + (table[-1],) * max(0, steps - len(table))
+
+
+def msign(X: Tensor, steps: int | None = None, coeffs="polar_express") -> Tensor:
+    """Polar factor U V^T of each matrix in X (..., m, n) by quintic Newton-Schulz-type steps
+    X <- a X + (b A + c A^2) X, A = X X^T, on the smaller Gram side (A is min(m, n) square).
+
+    X is first divided by its Frobenius norm (times 1.01 for Polar Express), so every singular value
+    starts in (0, 1]. coeffs: "polar_express" (8 steps to converge from 1e-3; more steps repeat the
+    last, fixed-point polynomial), "fork" (modded-nanogpt's 5 steps; output singular values lie in
+    roughly [0.7, FORK_MAX_SINGULAR_VALUE], not exactly 1), or a list of (a, b, c).
+    Runs in X's dtype (bf16 for Muon on GPU, float32 for the caps); zero singular values stay zero.
+    Returns a new tensor with X's shape and dtype.
+    """
+    _check_matrix(X, "X")
+    schedule = _msign_steps(coeffs, steps)
+    Y = _as_batch(X)
+    transposed = Y.shape[-2] > Y.shape[-1]
+    if transposed:
+        Y = Y.mT  # wide: the Gram A = Y Y^T is on the smaller side
+    safety = _PE_SAFETY if coeffs == "polar_express" else 1.0
+    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    Y = (Y / (norm * safety + 1e-7)).to(X.dtype)
+    ops = _ops_for(Y)
+    for a, b, c in schedule:
+        A = ops.sym_mm(Y, Y)                                  # Y Y^T
+        Bm = ops.sym_mm(A, A, alpha=c, beta=b, D=A)           # b A + c A^2
+        Y = ops.mm_add(Bm, Y, alpha=1.0, beta=a, R=Y)         # a Y + (b A + c A^2) Y
+    if transposed:
+        Y = Y.mT
+    return Y.reshape(X.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Soft cap
+
+def soft_cap_map(x, alpha: float):
+    """The soft cap on one singular value: f(x) = x - 3a^2 x^5 + 3a^3 x^7 - a^4 x^9, the composite of
+    x - a x^3 followed by y + a y^3 (works on floats, numpy arrays and tensors)."""
+    return x - 3 * alpha**2 * x**5 + 3 * alpha**3 * x**7 - alpha**4 * x**9
+
+
+def _soft_cap_g(b: float) -> float:
+    """f(x) / x as a function of b = alpha x^2; strictly decreasing for b > 0."""
+    return 1.0 - 3.0 * b * b + 3.0 * b**3 - b**4
+
+
+_SOFT_CAP_B_MAX = 1.0 / 3.0  # f is monotone on [0, k] iff alpha k^2 <= 1/3 (f' vanishes exactly there)
+
+
+@functools.lru_cache(maxsize=4096)
+def soft_cap_alpha(w_max: float, max_update_norm: float, lr: float = 0.0, weight_decay: float = 0.0) -> float:
+    """The coupling alpha for the soft cap, as a Python float (no tensors, no device sync; cached).
+
+    With k = w_max |1 - lr*wd| + max_update_norm (the largest RMS->RMS norm a Muon step can reach from
+    ||W||_* <= w_max), alpha is the smallest real root >= 0 of -k^9 a^4 + 3k^7 a^3 - 3k^5 a^2 + (k - w_max),
+    i.e. f(k) = w_max. Writing b = alpha k^2, f(k)/k = 1 - 3b^2 + 3b^3 - b^4 is strictly decreasing in
+    b > 0, so the root is unique and found by bisection to double precision. Returns 0.0 when k <= w_max.
+    Raises ValueError when the root would break monotonicity of f on [0, k] (alpha k^2 > 1/3, i.e.
+    k > 81/62 w_max): the update norm is too large for this cap.
+    """
+    for name, value in (("w_max", w_max), ("max_update_norm", max_update_norm), ("lr", lr),
+                        ("weight_decay", weight_decay)):
+        if not math.isfinite(value):
+            raise ValueError(f"soft_cap_alpha: {name} must be finite, got {value}")
+    if w_max <= 0:
+        raise ValueError(f"soft_cap_alpha: w_max must be > 0, got {w_max}")
+    if max_update_norm < 0 or lr < 0 or weight_decay < 0:
+        raise ValueError(f"soft_cap_alpha: max_update_norm, lr and weight_decay must be >= 0, got "
+                         f"{max_update_norm}, {lr}, {weight_decay}")
+    k = w_max * abs(1.0 - lr * weight_decay) + max_update_norm
+    if k <= w_max:
+        return 0.0
+    target = w_max / k
+    if _soft_cap_g(_SOFT_CAP_B_MAX) > target:
+        raise ValueError(
+            f"soft_cap_alpha: no monotone soft cap maps k={k:.6g} to w_max={w_max:.6g} (needs k <= "
+            f"{81 / 62:.4f} w_max); lower the max update norm (lr) or raise w_max")
+    lo, hi = 0.0, _SOFT_CAP_B_MAX
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _soft_cap_g(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-17:
+            break
+    return hi / (k * k)  # hi: f(k) <= w_max (the side of the root that never exceeds the cap)
+
+
+def _soft_cap(W: Tensor, w_max: float, *, lr: float, weight_decay: float, max_update_norm: float,
+              state: dict | None) -> Tensor:
+    alpha = soft_cap_alpha(float(w_max), float(max_update_norm), float(lr), float(weight_decay))
+    if alpha == 0.0:
+        return W  # k <= w_max: every singular value is already within the cap
+    ops = _ops_for(W)
+    X = _as_batch(W)
+    if ops.upcasts:
+        X = X.to(_compute_dtype(W))
+    # f acts on M = c W: with G = X^T X (or X X^T), alpha G_M = (alpha c^2) G, so fold c^2 into alpha.
+    a = alpha * _rms_scale(W) ** 2
+    tall = _is_tall(X)
+    Xs = X.mT if tall else X                                     # (B, small, large)
+    G = ops.sym_mm(Xs, Xs, out_dtype=torch.float32 if X.dtype != torch.float64 else X.dtype)
+    G2 = ops.sym_mm(G, G)
+    Q = (3 * a**3) * G - (a**4) * G2                             # p(G) = I + G^2 (-3a^2 I + 3a^3 G - a^4 G^2)
+    Q.diagonal(dim1=-2, dim2=-1).sub_(3 * a * a)
+    P = ops.sym_mm(G2, Q)                                        # G^2 Q: commuting symmetric factors
+    out = (ops.mm_add(X, P, beta=1.0, R=X, out_dtype=W.dtype) if tall
+           else ops.mm_add(P, X, beta=1.0, R=X, out_dtype=W.dtype))
+    return out.reshape(W.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Power iteration (top singular triple), warm-started from the caller's state
+
+_GENERATORS: dict = {}
+
+
+def _fresh_directions(nb: int, n: int, p: int, device, dtype) -> Tensor:
+    """(nb, n, p) Gaussian probe vectors from a per-device generator (the global RNG is left alone)."""
+    key = str(device)
+    if key not in _GENERATORS:
+        _GENERATORS[key] = torch.Generator(device=device).manual_seed(1234)
+    return torch.randn(nb, n, p, generator=_GENERATORS[key], device=device, dtype=dtype)
+
+
+def _top_singular(X: Tensor, state: dict | None, iters: int | None = None, probes: int = POWER_PROBES):
+    """Block power iteration on the Gram of each tall X (B, m, n), m >= n, with a Rayleigh-Ritz step.
+
+    The block holds last call's top vector (from `state`, if any) and `probes` fresh random vectors,
+    so a new top direction that the update created orthogonally to the tracked one is still found.
+    Returns (sigma, sigma_up, u, v): sigma = sqrt(top Ritz value) <= sigma_max; sigma_up = sqrt(Ritz
+    value + residual norm), >= sigma_max whenever the Ritz vector is nearer the top singular direction
+    than any other (some eigenvalue of X^T X lies within the residual of the Ritz value); u (B, m),
+    v (B, n) unit estimates of the top singular vectors. Stores v in state["power_iter_v"].
+    """
+    nb, m, n = X.shape
+    v = state.get(_STATE_KEY) if state is not None else None
+    warm = isinstance(v, Tensor) and v.shape == (nb, n) and v.device == X.device
+    iters = iters if iters is not None else (POWER_ITERS_WARM if warm else POWER_ITERS_COLD)
+    V = _fresh_directions(nb, n, min(n, probes + warm), X.device, X.dtype)
+    if warm:
+        V[..., 0] = v.to(X.dtype)
+    V = torch.linalg.qr(V).Q
+    for _ in range(max(1, iters)):
+        V = torch.linalg.qr(torch.bmm(X.mT, torch.bmm(X, V))).Q          # orthonormal basis of G V
+    XV = torch.bmm(X, V)
+    H = torch.bmm(XV.mT, XV)                                             # V^T G V (p x p)
+    theta, Y = torch.linalg.eigh(H)
+    lam, y = theta[:, -1], Y[:, :, -1:]
+    v = torch.bmm(V, y)                                                  # top Ritz vector (unit)
+    u = torch.bmm(XV, y).squeeze(-1)
+    resid = (torch.bmm(X.mT, u.unsqueeze(-1)) - lam[:, None, None] * v).norm(dim=(-2, -1))
+    v = v.squeeze(-1)
+    sigma = u.norm(dim=-1)
+    u = u / sigma.clamp_min(torch.finfo(X.dtype).tiny).unsqueeze(-1)
+    sigma_up = torch.maximum(torch.sqrt(lam.clamp_min(0) + resid), sigma)
+    if state is not None:
+        state[_STATE_KEY] = v.detach().float()
+    return sigma, sigma_up, u, v
+
+
+def _rank_one_update(W: Tensor, X: Tensor, coef: Tensor, u: Tensor, v: Tensor, tall: bool) -> Tensor:
+    """X + coef u v^T for the tall orientation X, returned in W's orientation, shape and dtype."""
+    out = X + coef[:, None, None] * (u.unsqueeze(-1) * v.unsqueeze(-2))
+    if not tall:
+        out = out.mT
+    return out.to(W.dtype).reshape(W.shape)
+
+
+def _power_setup(W: Tensor):
+    X = _as_batch(W).to(_compute_dtype(W))
+    tall = _is_tall(X)
+    return _tall(X), tall, _rms_scale(W)
+
+
+def _spectral_normalize(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    X, _, c = _power_setup(W)
+    _, sigma_up, _, _ = _top_singular(X, state)
+    scale = 1.0 / torch.clamp(sigma_up * c / w_max, min=1.0)  # on device: no host sync
+    shape = (-1,) + (1,) * 2
+    return (_as_batch(W).to(X.dtype) * scale.reshape(shape)).to(W.dtype).reshape(W.shape)
+
+
+def _spectral_hammer(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    X, tall, c = _power_setup(W)
+    sigma, _, u, v = _top_singular(X, state)
+    return _rank_one_update(W, X, w_max / c - sigma, u, v, tall)
+
+
+def _spectral_weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    if lr * weight_decay == 0.0:
+        return W
+    X, tall, c = _power_setup(W)
+    sigma, _, u, v = _top_singular(X, state)
+    return _rank_one_update(W, X, -(lr * weight_decay) * sigma, u, v, tall)
+
+
+# ----------------------------------------------------------------------------------------------
+# Caps by singular-value maps
+
+def _none(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    return W
+
+
+def _weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    return W * (1.0 - lr * weight_decay)
+
+
+def _svd_cap(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    c = _rms_scale(W)
+    X = _as_batch(W).to(_compute_dtype(W))
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    S = S.clamp(max=w_max / c)
+    return ((U * S.unsqueeze(-2)) @ Vh).to(W.dtype).reshape(W.shape)
+
+
+def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, steps: int = HARD_CAP_MSIGN_STEPS):
+    """cap(X) = 1/2 [(O + X) + (O - X) sign(X^T X - I)] at w_max = 1, O = msign(X) (tall X).
+    Singular values below 1 come out exactly (the O terms cancel); near 1 the error is at most |1 - s|
+    times how far the matrix sign is from converged there."""
+    ops = _ops_for(W)
+    c = _rms_scale(W)
+    X0 = _as_batch(W).to(_compute_dtype(W))
+    tall = _is_tall(X0)
+    X = _tall(X0) * (c / w_max)
+    O = msign(X, steps=steps)
+    Y = ops.sym_mm(X.mT, X.mT)                  # X^T X
+    Y.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    S = msign(Y, steps=steps)                   # matrix sign of the symmetric X^T X - I
+    half = 0.5 * w_max / c
+    out = ops.mm_add(O - X, S, alpha=half, beta=half, R=O + X)
+    if not tall:
+        out = out.mT
+    return out.to(W.dtype).reshape(W.shape)
+
+
+def _hard_cap_poly(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    """The paper's four quintic steps X <- X (a I + b G + c G^2), G = X^T X, at w_max = 1."""
+    ops = _ops_for(W)
+    c = _rms_scale(W)
+    X0 = _as_batch(W).to(_compute_dtype(W))
+    tall = _is_tall(X0)
+    X = _tall(X0) * (c / w_max)
+    for a, b, cc in HARD_CAP_POLY_COEFFS:
+        G = ops.sym_mm(X.mT, X.mT)
+        Bm = ops.sym_mm(G, G, alpha=cc, beta=b, D=G)     # b G + c G^2
+        X = ops.mm_add(X, Bm, beta=a, R=X)               # X (a I + b G + c G^2)
+    X = X * (w_max / c)
+    if not tall:
+        X = X.mT
+    return X.to(W.dtype).reshape(W.shape)
+
+
+def _stiefel(W, w_max, *, lr, weight_decay, max_update_norm, state):
+    """Every nonzero singular value of M to w_max: W <- (w_max / c) msign(W)."""
+    X = _as_batch(W).to(_compute_dtype(W))
+    return (msign(X, steps=STIEFEL_MSIGN_STEPS) * (w_max / _rms_scale(W))).to(W.dtype).reshape(W.shape)
+
+
+METHODS = {
+    "none": _none,
+    "weight_decay": _weight_decay,
+    "spectral_weight_decay": _spectral_weight_decay,
+    "spectral_normalize": _spectral_normalize,
+    "spectral_hammer": _spectral_hammer,
+    "soft_cap": _soft_cap,
+    "hard_cap": _hard_cap,
+    "hard_cap_poly": _hard_cap_poly,
+    "svd_cap": _svd_cap,
+    "stiefel": _stiefel,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and the public entry point
+
+def _check_matrix(W, name: str) -> None:
+    if not isinstance(W, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if W.ndim < 2:
+        raise ValueError(f"{name} must have shape (..., d_out, d_in) with at least 2 dims, got shape "
+                         f"{tuple(W.shape)}; use cap_row_rms for vectors/embedding rows")
+    if W.shape[-1] == 0 or W.shape[-2] == 0:
+        raise ValueError(f"{name} has an empty matrix dimension: shape {tuple(W.shape)}")
+    if not (W.is_floating_point()):
+        raise ValueError(f"{name} must be floating point, got {W.dtype}")
+
+
+def _check_finite(W: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(W).all()):
+        raise ValueError(f"{name} has non-finite entries (nan/inf); fix the update that produced them "
+                         f"before constraining")
+
+
+def apply(W: Tensor, method: str, w_max: float, *, lr: float = 0.0, weight_decay: float = 0.0,
+          max_update_norm: float = 0.0, state: dict | None = None, check_finite: bool = True) -> Tensor:
+    """Constrain every matrix of W (..., d_out, d_in) with `method` (a key of METHODS) at cap w_max
+    (RMS->RMS norm). Returns a tensor of W's shape, dtype and device; W itself is never modified
+    (it may be returned as is when the method changes nothing, e.g. "none", or "soft_cap" with
+    alpha = 0), so the optimizer can `p.copy_(apply(p, ...))`.
+
+    lr, weight_decay: the step's learning rate and decoupled weight decay (weight_decay methods, and
+    the soft cap coupling). max_update_norm: the RMS->RMS norm bound of the step (soft cap coupling).
+    state: a per-parameter dict kept by the caller; power-iteration methods keep their warm-start
+    vector under "power_iter_v" (without it they cold-start with POWER_ITERS_COLD iterations).
+    check_finite: validate entries (one host sync per call on GPU; pass False in hot loops).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown constraint method {method!r}; choose one of {sorted(METHODS)}")
+    _check_matrix(W, "W")
+    if not (isinstance(w_max, (int, float)) and math.isfinite(w_max) and w_max > 0):
+        raise ValueError(f"w_max must be a finite number > 0, got {w_max!r}")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay), ("max_update_norm", max_update_norm)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if check_finite:
+        _check_finite(W, "W")
+    with torch.no_grad():
+        return METHODS[method](W, float(w_max), lr=float(lr), weight_decay=float(weight_decay),
+                               max_update_norm=float(max_update_norm), state=state)
+
+
+def cap_row_rms(E: Tensor, max_rms: float) -> Tensor:
+    """Scale each row of E (..., d) (e.g. an embedding table (vocab, d)) so its RMS is <= max_rms;
+    rows already within the cap are unchanged. Returns a new tensor of E's shape and dtype."""
+    if not isinstance(E, Tensor) or E.ndim < 1 or not E.is_floating_point():
+        raise ValueError(f"E must be a floating-point tensor with rows along the last dim, got "
+                         f"{getattr(E, 'shape', type(E).__name__)}")
+    if not (isinstance(max_rms, (int, float)) and math.isfinite(max_rms) and max_rms > 0):
+        raise ValueError(f"max_rms must be a finite number > 0, got {max_rms!r}")
+    with torch.no_grad():
+        rms = torch.linalg.vector_norm(E, dim=-1, keepdim=True, dtype=torch.float32) / math.sqrt(E.shape[-1])
+        scale = torch.clamp(max_rms / rms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
+        return (E * scale).to(E.dtype)

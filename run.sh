@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Launch the Lipschitz speedrun. With GPUs: torchrun over every local GPU, preset "speedrun" (FineWeb10B,
+# downloaded on first use). Without: the "shakespeare" preset on the CPU, from shards built offline.
+# Extra arguments pass through to train_gpt.py, e.g.  bash run.sh --w_max=2 --seed=1
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [ "$NGPU" -gt 0 ]; then
+    if ! ls data/fineweb10B/fineweb_val_*.bin >/dev/null 2>&1; then
+        "$PYTHON" data/cached_fineweb10B.py 8
+    fi
+    exec torchrun --standalone --nproc_per_node="$NGPU" train_gpt.py --preset=speedrun "$@"
+fi
+
+echo "run.sh: no GPU found; training the Shakespeare preset on the CPU (see README)."
+if ! ls data/shakespeare/*train*.bin >/dev/null 2>&1; then
+    "$PYTHON" data/shakespeare.py
+fi
+exec "$PYTHON" train_gpt.py --preset=shakespeare "$@"

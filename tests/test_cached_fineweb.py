@@ -1,0 +1,203 @@
+"""data/cached_fineweb10B.py: fast, clear offline failure; skips valid shards; validates downloads.
+
+The script runs as a subprocess, as a user would run it. "Network" is either unreachable
+(HF_HUB_OFFLINE=1, a closed loopback port, a loopback port that never answers) or a small
+in-process stand-in for the Hub on loopback that serves shards the test wrote.
+"""
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from data import cached_fineweb10B as fw
+from data.shards import make_header, read_shard, write_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_PREFIX = "/datasets/kjj0/fineweb10B-gpt2/resolve/main/"
+
+
+def closed_port():
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, tmp_path, **env_overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
+    env.update(env_overrides)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "data/cached_fineweb10B.py", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    return r, time.monotonic() - t0
+
+
+def assert_clear_failure(r, elapsed, *phrases):
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout
+    err = r.stderr.strip()
+    assert err.startswith("error: ") and err.count("error: ") == 1, err  # one message
+    for phrase in phrases:
+        assert phrase in err, err
+    assert elapsed < 10, elapsed
+
+
+def fake_shard_bytes(n, seed, magic_ok=True):
+    tokens = np.random.default_rng(seed).integers(0, 50257, n).astype("<u2")
+    header = make_header(n)
+    if not magic_ok:
+        header[0] = 12345
+    return header.tobytes() + tokens.tobytes()
+
+
+def test_offline_mode_fails_fast_and_clearly(tmp_path):
+    r, elapsed = run(["2", "--dir", str(tmp_path / "fw")], tmp_path, HF_HUB_OFFLINE="1")
+    assert_clear_failure(r, elapsed, "cannot download 3 shard(s)", "fineweb_val_000000.bin", "HF_HUB_OFFLINE")
+    assert not (tmp_path / "fw").exists()
+
+
+def test_unreachable_endpoint_fails_fast_and_clearly(tmp_path):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    r, elapsed = run(["1", "--dir", str(tmp_path / "fw")], tmp_path, HF_ENDPOINT=endpoint)
+    assert_clear_failure(r, elapsed, "cannot reach the Hugging Face Hub", endpoint, "appears to be offline",
+                         "rerun the same command", "HF_ENDPOINT")
+    assert "Retrying" not in r.stderr  # no huggingface_hub retry loop
+
+
+def test_silent_endpoint_times_out_within_the_bound(tmp_path):
+    with socket.socket() as server:  # accepts TCP connections (kernel backlog) but never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+        r, elapsed = run(["1", "--dir", str(tmp_path / "fw"), "--timeout", "1"], tmp_path, HF_ENDPOINT=endpoint)
+    assert_clear_failure(r, elapsed, "cannot reach the Hugging Face Hub", endpoint)
+    assert elapsed < 6
+
+
+def test_valid_shards_present_are_skipped_without_network(tmp_path):
+    d = tmp_path / "fw"
+    d.mkdir()
+    for i, name in enumerate(fw.shard_filenames(2)):
+        write_shard(d / name, np.arange(1000 + i) % 50257)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in d.iterdir()}
+    for env in (dict(HF_HUB_OFFLINE="1"), dict(HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")):
+        r, _ = run(["2", "--dir", str(d)], tmp_path, **env)  # any network attempt would fail
+        assert r.returncode == 0, r.stderr
+        assert "3 of 3 shards already present and valid" in r.stdout
+        assert "done: 0 downloaded, 3 already present" in r.stdout
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in d.iterdir()} == before
+
+
+def test_invalid_shard_present_is_reported_and_fetched_again(tmp_path):
+    d = tmp_path / "fw"
+    d.mkdir()
+    write_shard(d / "fineweb_val_000000.bin", np.arange(500))
+    (d / "fineweb_train_000001.bin").write_bytes(fake_shard_bytes(300, 1)[:-10])  # cut short
+    r, elapsed = run(["1", "--dir", str(d)], tmp_path, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+    assert "fineweb_train_000001.bin: present but invalid, will download again" in r.stdout
+    assert "truncated" in r.stdout
+    assert_clear_failure(r, elapsed, "cannot download 1 shard(s) (fineweb_train_000001.bin)")
+    assert (d / "fineweb_train_000001.bin").exists()  # nothing deleted on failure
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"\[0, 103\]"):
+        fw.shard_filenames(104)
+    assert fw.shard_filenames(2) == ["fineweb_val_000000.bin", "fineweb_train_000001.bin",
+                                     "fineweb_train_000002.bin"]
+    with pytest.raises(SystemExit) as info:
+        fw.main(["200"])
+    assert info.value.code == 2
+
+
+# --------------------------------------------------------------------------- a stand-in Hub on loopback
+
+class FakeHub:
+    """Serves `files` (name -> bytes) at the Hub's resolve URLs of the dataset, and records requests."""
+
+    def __init__(self, files):
+        self.files, self.requests = files, []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, with_body):
+                hub.requests.append((self.command, self.path))
+                name = self.path[len(REPO_PREFIX):] if self.path.startswith(REPO_PREFIX) else None
+                body = hub.files.get(name)
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.send_header("ETag", '"%s"' % hashlib.sha1(body).hexdigest())
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_HEAD(self):
+                self._reply(False)
+
+            def do_GET(self):
+                self._reply(True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def downloads(self):
+        return sorted(p[len(REPO_PREFIX):] for m, p in self.requests if m == "GET" and p.startswith(REPO_PREFIX))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_downloads_missing_shards_and_validates_them(tmp_path):
+    files = {name: fake_shard_bytes(200 + 50 * i, i) for i, name in enumerate(fw.shard_filenames(2))}
+    d = tmp_path / "fw"
+    d.mkdir()
+    (d / "fineweb_train_000001.bin").write_bytes(files["fineweb_train_000001.bin"])  # already there
+    (d / "fineweb_train_000002.bin").write_bytes(files["fineweb_train_000002.bin"][:1500])  # partial
+    with FakeHub(files) as hub:
+        r, _ = run(["2", "--dir", str(d)], tmp_path, HF_ENDPOINT=hub.endpoint)
+    assert r.returncode == 0, r.stderr
+    assert hub.downloads() == ["fineweb_train_000002.bin", "fineweb_val_000000.bin"]
+    assert "done: 2 downloaded, 1 already present" in r.stdout
+    for name, body in files.items():
+        assert (d / name).read_bytes() == body
+        assert len(read_shard(d / name, vocab_size=50257)) == (len(body) - 1024) // 2
+
+
+def test_corrupt_download_is_rejected_with_a_clear_message(tmp_path):
+    files = {"fineweb_val_000000.bin": fake_shard_bytes(100, 0, magic_ok=False),
+             "fineweb_train_000001.bin": fake_shard_bytes(100, 1)}
+    with FakeHub(files) as hub:
+        r, elapsed = run(["1", "--dir", str(tmp_path / "fw")], tmp_path, HF_ENDPOINT=hub.endpoint)
+    assert_clear_failure(r, elapsed, "downloaded fineweb_val_000000.bin is not a valid shard",
+                         "bad magic number 12345", "Rerun the same command")
+
+
+def test_file_missing_upstream_is_one_clear_message(tmp_path):
+    with FakeHub({"fineweb_val_000000.bin": fake_shard_bytes(100, 0)}) as hub:
+        r, elapsed = run(["1", "--dir", str(tmp_path / "fw")], tmp_path, HF_ENDPOINT=hub.endpoint)
+    assert_clear_failure(r, elapsed, "downloading fineweb_train_000001.bin failed")
+    assert (tmp_path / "fw" / "fineweb_val_000000.bin").exists()  # what succeeded is kept

@@ -1,0 +1,262 @@
+"""Muon: update formula, caps after every step, resume, orthogonalizer bounds, one process vs torchrun."""
+import io
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import constraints
+from muon import ORTH_MAX_SINGULAR_VALUE, Muon, equal_shape_lists
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dist_muon_worker as worker  # noqa: E402
+
+CAPPED = ["soft_cap", "hard_cap", "spectral_normalize"]
+
+
+def rms_norm_op_svd(W: torch.Tensor) -> torch.Tensor:
+    """Oracle RMS->RMS operator norm, by float64 SVD."""
+    return math.sqrt(W.shape[-1] / W.shape[-2]) * torch.linalg.matrix_norm(W.double(), ord=2)
+
+
+def matrix_with_norm(shape, norm, generator, dtype=torch.float32):
+    w = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return (w * norm / rms_norm_op_svd(w).amax()).to(dtype)
+
+
+# ----------------------------------------------------------------------------- orthogonalizer bounds
+
+def probe_singular_values(coeffs: str, dtype: torch.dtype) -> torch.Tensor:
+    """Output singular values of msign for inputs whose normalized singular values sweep all of (0, 1].
+
+    A 2x2 input with singular values (x, sqrt(1 - x^2)) has Frobenius norm 1, so the iteration sees x
+    itself; the grid is dense near 1 and log-spaced near 0, where the fork's polynomial peaks.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.linspace(1e-4, 1, 20000), torch.logspace(-7, -1, 2000)]).double()
+    u = torch.linalg.qr(torch.randn(len(x), 2, 2, generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(len(x), 2, 2, generator=g, dtype=torch.float64))[0]
+    X = u @ torch.diag_embed(torch.stack([x, (1 - x ** 2).sqrt()], -1)) @ v.mT
+    return torch.linalg.svdvals(constraints.msign(X.to(dtype), coeffs=coeffs).double())
+
+
+@pytest.mark.parametrize("coeffs", sorted(ORTH_MAX_SINGULAR_VALUE))
+def test_orthogonalizer_bound_is_measured_and_tight(coeffs):
+    bound = ORTH_MAX_SINGULAR_VALUE[coeffs]
+    s32 = probe_singular_values(coeffs, torch.float32).max().item()
+    s16 = probe_singular_values(coeffs, torch.bfloat16).max().item()
+    print(f"{coeffs}: max singular value out float32 {s32:.5f} bf16 {s16:.5f} (bound {bound})")
+    assert bound - 2e-3 <= s32 <= bound + 1e-5  # holds, and is not slack
+    assert s16 <= bound * 1.05  # Muon's default safety margin covers bf16 rounding
+
+
+def test_orthogonalizer_bound_holds_on_random_matrices():
+    g = torch.Generator().manual_seed(1)
+    for shape in [(64, 16), (16, 64), (48, 48)]:
+        X = torch.randn(8, *shape, generator=g) * torch.logspace(-3, 0, shape[-1])
+        for coeffs, bound in ORTH_MAX_SINGULAR_VALUE.items():
+            assert torch.linalg.svdvals(constraints.msign(X, coeffs=coeffs).double()).max() <= bound + 1e-5
+
+
+# ----------------------------------------------------------------------------- input checks
+
+@pytest.mark.parametrize("shape", [(5,), (), (2, 3, 4, 5)])
+def test_rejects_params_that_are_not_matrices(shape):
+    p = torch.nn.Parameter(torch.ones(shape))
+    with pytest.raises(ValueError, match="Adam"):
+        Muon([p])
+    assert torch.equal(p, torch.ones(shape))
+
+
+@pytest.mark.parametrize("option", [dict(constraint="cap_everything"), dict(orthogonalizer="svd"), dict(lr=-1.0),
+                                    dict(momentum=1.0), dict(w_max=0.0), dict(weight_decay=-0.1),
+                                    dict(safety=0.5)])
+def test_rejects_bad_options_by_name(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        Muon([torch.nn.Parameter(torch.ones(3, 3))], **option)
+    opt = Muon([torch.nn.Parameter(torch.ones(3, 3))])
+    with pytest.raises(ValueError, match=name):
+        opt.add_param_group(dict(params=[torch.nn.Parameter(torch.ones(2, 2))], **option))
+    assert len(opt.param_groups) == 1
+
+
+def test_equal_shape_lists_keep_first_appearance_order():
+    a, b, c, d = torch.zeros(2, 3), torch.zeros(3, 2), torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.float64)
+    lists = equal_shape_lists([a, b, c, d])
+    assert [[id(p) for p in lst] for lst in lists] == [[id(a), id(c)], [id(b)], [id(d)]]
+
+
+# ----------------------------------------------------------------------------- the update formula
+
+@settings(max_examples=15, deadline=None)
+@given(shape=st.sampled_from([(6, 4), (4, 6), (5, 5), (2, 3, 5)]), nesterov=st.booleans(),
+       momentum=st.floats(0.0, 0.99), lr=st.floats(1e-3, 0.5), wd=st.floats(0.0, 0.5),
+       coeffs=st.sampled_from(sorted(ORTH_MAX_SINGULAR_VALUE)), seed=st.integers(0, 2 ** 16))
+def test_step_follows_momentum_nesterov_and_scaled_update(shape, nesterov, momentum, lr, wd, coeffs, seed):
+    """Two steps against the formula (float32), with lr and momentum changed by the caller between steps."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.nn.Parameter(torch.randn(shape, generator=g))
+    opt = Muon([p], lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd, constraint="none",
+               orthogonalizer=coeffs, orth_dtype=torch.float32)
+    w, buf = p.detach().clone(), torch.zeros(shape)
+    for step in range(2):
+        lr_t, mom_t = lr * (1 - 0.5 * step), momentum * (1 - 0.3 * step)
+        opt.param_groups[0].update(lr=lr_t, momentum=mom_t)
+        grad = torch.randn(shape, generator=g)
+        p.grad = grad.clone()
+        opt.step()
+        buf = mom_t * buf + (1 - mom_t) * grad
+        u = (1 - mom_t) * grad + mom_t * buf if nesterov else buf
+        w = (1 - lr_t * wd) * w - lr_t * math.sqrt(shape[-2] / shape[-1]) * constraints.msign(u, coeffs=coeffs)
+        torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
+        assert torch.equal(p.grad, grad)  # the gradient is not modified
+
+
+def test_update_norm_is_at_most_lr_times_bound():
+    """The RMS->RMS norm of one unconstrained step is <= lr * ORTH_MAX_SINGULAR_VALUE (what the cap is told)."""
+    g = torch.Generator().manual_seed(2)
+    for shape in [(64, 16), (16, 64), (32, 32)]:
+        p = torch.nn.Parameter(torch.randn(shape, generator=g))
+        before = p.detach().clone()
+        opt = Muon([p], lr=0.1, momentum=0.0, constraint="none", orth_dtype=torch.float32)
+        p.grad = torch.randn(shape, generator=g)
+        opt.step()
+        norm = rms_norm_op_svd(p.detach() - before).item()
+        assert 0.1 * 0.5 < norm <= 0.1 * ORTH_MAX_SINGULAR_VALUE["fork"] * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("method", ["none", "svd_cap"])
+def test_constraint_is_applied_after_the_update(method):
+    g = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(matrix_with_norm((12, 8), 0.95, g))
+    w0 = p.detach().clone()
+    p.grad = torch.randn(12, 8, generator=g)
+    Muon([p], lr=0.3, momentum=0.0, constraint=method, w_max=1.0, orth_dtype=torch.float32).step()
+    updated = w0 - 0.3 * math.sqrt(12 / 8) * constraints.msign(p.grad, coeffs="fork")
+    expected = constraints.apply(updated, method, 1.0, lr=0.3, max_update_norm=0.3 * ORTH_MAX_SINGULAR_VALUE["fork"] * 1.05)
+    torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert (rms_norm_op_svd(p.detach()) <= 1 + 1e-4) == (method == "svd_cap")
+
+
+def test_params_without_grad_are_left_alone():
+    a, b = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4, 4))
+    b0 = b.detach().clone()
+    a.grad = torch.randn(4, 4)
+    Muon([a, b], constraint="none").step()
+    assert torch.equal(b.detach(), b0)
+
+
+# ----------------------------------------------------------------------------- caps after every step
+
+@pytest.mark.parametrize("method", CAPPED)
+def test_every_constrained_matrix_satisfies_its_cap_after_every_step(method):
+    """Large steps (lr 0.2: near the soft cap's largest, many times the 0.1 slack) on tall, wide, square and batched matrices, hidden
+    group capped at 1 and an lm_head group capped at 2, default (bf16 on this CPU, if supported) orthogonalizer."""
+    g = torch.Generator().manual_seed(4)
+    hidden = [torch.nn.Parameter(matrix_with_norm(s, 0.9, g)) for s in [(48, 16), (16, 48), (32, 32), (3, 16, 16)]]
+    lm_head = torch.nn.Parameter(matrix_with_norm((96, 16), 1.9, g))
+    opt = Muon([dict(params=hidden), dict(params=[lm_head], lr=0.1, w_max=2.0)], lr=0.2, weight_decay=0.05,
+               constraint=method)
+    worst = 0.0
+    for _ in range(6):
+        for p in hidden + [lm_head]:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+        for group in opt.param_groups:
+            for p in group["params"]:
+                worst = max(worst, (rms_norm_op_svd(p.detach()) / group["w_max"]).max().item())
+    tol = {"soft_cap": 1e-4, "hard_cap": 1e-2, "spectral_normalize": 1e-2}[method]
+    assert 0.9 < worst <= 1 + tol, f"{method}: largest norm/cap after a step {worst:.5f}"
+
+
+# ----------------------------------------------------------------------------- toy regression, resume
+
+def regression_problem(seed=5):
+    """y = A2 A1 x with ||A1||, ||A2|| = 0.8 (RMS->RMS), learnt by W2 W1 from a small init."""
+    g = torch.Generator().manual_seed(seed)
+    a1, a2 = matrix_with_norm((32, 16), 0.8, g), matrix_with_norm((8, 32), 0.8, g)
+    x = torch.randn(256, 16, generator=g)
+    y = x @ a1.T @ a2.T
+    w1 = torch.nn.Parameter(matrix_with_norm((32, 16), 0.5, g))
+    w2 = torch.nn.Parameter(matrix_with_norm((8, 32), 0.5, g))
+    return x, y, [w1, w2]
+
+
+def train_regression(steps, save_at=None, path=None):
+    x, y, params = regression_problem()
+    make = lambda: Muon(params, lr=0.05, constraint="soft_cap", w_max=1.0, weight_decay=0.01)  # noqa: E731
+    opt, losses = make(), []
+    for step in range(steps):
+        if step == save_at:  # resume: a fresh optimizer from the state saved on disk
+            torch.save(opt.state_dict(), path)
+            opt = make()
+            opt.load_state_dict(torch.load(path, weights_only=True))
+        for group in opt.param_groups:
+            group["lr"] = 0.05 * (1 - step / steps) + 0.005
+            group["momentum"] = 0.85 + 0.10 * min(step / 10, 1)
+        loss = ((x @ params[0].T @ params[1].T - y) ** 2).mean()
+        losses.append(loss.item())
+        for p in params:
+            p.grad = None
+        loss.backward()
+        opt.step()
+        assert max(rms_norm_op_svd(p.detach()).item() for p in params) <= 1 + 1e-4
+    return losses, [p.detach().clone() for p in params]
+
+
+def test_soft_cap_muon_reduces_regression_loss():
+    losses, _ = train_regression(60)
+    assert losses[-1] < 0.05 * losses[0], losses[::10]
+
+
+def test_save_and_load_mid_run_gives_the_same_trajectory(tmp_path):
+    losses, weights = train_regression(20)
+    losses_resumed, weights_resumed = train_regression(20, save_at=9, path=tmp_path / "opt.pt")
+    assert losses_resumed == losses
+    for a, b in zip(weights, weights_resumed):
+        assert torch.equal(a, b)
+
+
+def test_state_dict_holds_momentum_and_loads_into_a_fresh_optimizer():
+    p = torch.nn.Parameter(torch.randn(6, 4))
+    opt = Muon([p], constraint="spectral_normalize")
+    p.grad = torch.randn(6, 4)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    fresh = Muon([p], constraint="spectral_normalize")
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    torch.testing.assert_close(fresh.state[p]["momentum_buffer"], 0.05 * p.grad, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- one process vs torchrun
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_match_single_process(tmp_path):
+    """gloo, 2 ranks: every rank ends each step with the same weights as the single-process run (and each
+    other's), for each constraint; resuming from state_dict mid-run on each rank changes nothing."""
+    names = ["none"] + CAPPED
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           worker.__file__, str(tmp_path), *names]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in names:
+        reference = worker.trajectories(name)
+        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1)]
+        for run in ("uninterrupted", "resumed"):
+            for step, expected in enumerate(reference[run]):
+                for i, want in enumerate(expected):
+                    assert torch.equal(ranks[0][run][step][i], ranks[1][run][step][i]), (name, run, step, i)
+                    torch.testing.assert_close(ranks[0][run][step][i], want, rtol=1e-5, atol=1e-6,
+                                               msg=f"{name} {run} step {step} param {i}")
+        for step in range(worker.STEPS):
+            for a, b in zip(reference["uninterrupted"][step], reference["resumed"][step]):
+                assert torch.equal(a, b)
+        moved = max((a - b).abs().max().item() for a, b in zip(reference["uninterrupted"][-1], sum(worker.make_params(), [])))
+        assert moved > 1e-2  # the run did something
