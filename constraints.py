@@ -11,7 +11,7 @@ Guarantees after `apply` (M's singular values s, cap w_max):
     none                   nothing
     weight_decay           W <- (1 - lr*wd) W                               (no bound)
     spectral_weight_decay  top singular value s1 <- s1 (1 - lr*wd)           (no bound)
-    spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up >= s1     (||W||_* <= w_max, see below)
+    spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up >= s1     (||W||_* <= w_max, see _top_singular)
     spectral_hammer        top singular value s1 <- w_max                   (no bound under high-rank updates)
     soft_cap               s <- f(s) = s - 3a^2 s^5 + 3a^3 s^7 - a^4 s^9     (<= w_max given ||W||_* <= k, see soft_cap_alpha)
     hard_cap               s <- min(s, w_max) by two msign evaluations      (exact in the limit; ~1e-3 in fp32)
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 
 import torch
@@ -331,7 +332,8 @@ def msign(X: Tensor, steps: int | None = None, coeffs="polar_express") -> Tensor
     if transposed:
         Y = Y.mT  # wide: the Gram A = Y Y^T is on the smaller side
     safety = _PE_SAFETY if coeffs == "polar_express" else 1.0
-    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True,
+                                    dtype=torch.float64 if X.dtype == torch.float64 else torch.float32)
     Y = (Y / (norm * safety + 1e-7)).to(X.dtype)
     ops = _ops_for(Y)
     for a, b, c in schedule:
@@ -622,7 +624,7 @@ def apply(W: Tensor, method: str, w_max: float, *, lr: float = 0.0, weight_decay
     if method not in METHODS:
         raise ValueError(f"unknown constraint method {method!r}; choose one of {sorted(METHODS)}")
     _check_matrix(W, "W")
-    if not (isinstance(w_max, (int, float)) and math.isfinite(w_max) and w_max > 0):
+    if not (isinstance(w_max, numbers.Real) and math.isfinite(w_max) and w_max > 0):
         raise ValueError(f"w_max must be a finite number > 0, got {w_max!r}")
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("max_update_norm", max_update_norm)):
         if not (math.isfinite(value) and value >= 0):

@@ -12,13 +12,13 @@ update's RMS->RMS norm lr * sigma_max(orth(u)) <= lr * sigma_orth, where sigma_o
 value the orthogonalizer can output (ORTH_MAX_SINGULAR_VALUE); that is the max_update_norm the constraint
 (e.g. the soft cap's coupling) is told about, times a safety margin for low-precision arithmetic.
 
-Distributed: with torch.distributed initialised (gloo or nccl), the params of each group are split into
-lists of equal shape; in each list rank r owns params r, r + world, r + 2 world, ... and alone
-orthogonalizes, updates and constrains them. Then one all_gather per list (launched asynchronously as soon
-as that list is done, so it overlaps the next list's compute) hands every rank the new weights; lists
-whose length is not a multiple of the world size are padded with zeros. Momentum is elementwise and cheap,
-so every rank keeps it for every param: the state_dict is then the same on every rank, except the
-constraint's own warm-start state (e.g. power-iteration vectors), which lives with the owning rank.
+Distributed: with torch.distributed initialised (gloo or nccl), the params are split into lists of equal
+shape (shard_plan); ranks own the params of each list round-robin and alone orthogonalize, update and
+constrain them. Then one all_gather per list (launched asynchronously as soon as that list is done, so it
+overlaps the next list's compute) hands every rank the new weights; a rank with fewer params in a list
+pads with zeros. Momentum is elementwise and cheap, so every rank keeps it for every param: the
+state_dict is then the same on every rank, except the constraint's own warm-start state (e.g.
+power-iteration vectors), which lives with the owning rank.
 Without torch.distributed initialised it is plain single-process Muon.
 
 Every option is per param group: the trainer uses one group for hidden matrices and one for the lm_head
@@ -53,7 +53,10 @@ def default_orth_dtype(device: torch.device) -> torch.dtype:
     bench/muon.py); float32 on other CPUs, where bf16 matmul is emulated and slow."""
     if device.type == "cuda":
         return torch.bfloat16
-    cpu_has_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    try:
+        cpu_has_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        cpu_has_bf16 = False
     return torch.bfloat16 if cpu_has_bf16 else torch.float32
 
 
@@ -69,6 +72,22 @@ def equal_shape_lists(params: list) -> list[list]:
     for p in params:
         lists.setdefault((tuple(p.shape), p.dtype, p.device), []).append(p)
     return list(lists.values())
+
+
+def shard_plan(param_groups: list[dict], rank: int, world: int) -> list[tuple[dict, list, list, int]]:
+    """Who updates what: (group, equal-shape params, the params `rank` owns, the rank owning params[0]).
+
+    Lists come largest matrices first (their big all_gathers then overlap the rest of the step). Within a
+    list ownership is round-robin, param i to rank (first + i) % world, and `first` continues from where
+    the previous list stopped, so lists shorter than the world size do not all land on rank 0.
+    """
+    lists = [(group, params) for group in param_groups for params in equal_shape_lists(group["params"])]
+    lists.sort(key=lambda item: -item[1][0].numel())
+    plan, first = [], 0
+    for group, params in lists:
+        plan.append((group, params, params[(rank - first) % world::world], first))
+        first = (first + len(params)) % world
+    return plan
 
 
 class Muon(torch.optim.Optimizer):
@@ -108,8 +127,10 @@ class Muon(torch.optim.Optimizer):
         if group["orthogonalizer"] not in ORTH_MAX_SINGULAR_VALUE:
             raise ValueError(f"Muon: unknown orthogonalizer {group['orthogonalizer']!r}; "
                              f"use one of {sorted(ORTH_MAX_SINGULAR_VALUE)}.")
-        for name, ok, need in [("lr", group["lr"] >= 0, ">= 0"), ("momentum", 0 <= group["momentum"] < 1, "in [0, 1)"),
-                               ("weight_decay", group["weight_decay"] >= 0, ">= 0"), ("w_max", group["w_max"] > 0, "> 0"),
+        for name, ok, need in [("lr", group["lr"] >= 0, ">= 0"),
+                               ("momentum", 0 <= group["momentum"] < 1, "in [0, 1)"),
+                               ("weight_decay", group["weight_decay"] >= 0, ">= 0"),
+                               ("w_max", group["w_max"] > 0, "> 0"),
                                ("safety", group["safety"] >= 1, ">= 1")]:
             if not ok:
                 raise ValueError(f"Muon: {name}={group[name]!r} is invalid; it must be {need}.")
@@ -121,22 +142,31 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:
+            self._check_soft_cap_coupling(group)
         rank, world = rank_and_world_size()
         gathers = []
-        for group in self.param_groups:
-            for params in equal_shape_lists(group["params"]):
-                for p in params:
-                    self._update_momentum(p, group)
-                owned = params[rank::world]
-                for p in owned:
-                    self._update_and_constrain(p, group)
-                if world > 1:
-                    gathers.append(self._start_all_gather(params, owned, world))
-        for work, received, params in gathers:
+        for group, params, owned, first in shard_plan(self.param_groups, rank, world):
+            for p in params:
+                self._update_momentum(p, group)
+            for p in owned:
+                self._update_and_constrain(p, group)
+            if world > 1:
+                gathers.append((self._start_all_gather(params, owned, world), params, first))
+        for (work, received), params, first in gathers:
             work.wait()
-            for i, p in enumerate(params):
-                p.copy_(received[i % world][i // world])
+            for i, p in enumerate(params):  # param i is owned by rank (first + i) % world, in its slot i // world
+                p.copy_(received[(first + i) % world][i // world])
         return loss
+
+    def max_update_norm(self, group: dict) -> float:
+        """Bound on the RMS->RMS norm of this group's update, lr * sigma_orth * safety (told to the constraint)."""
+        return group["lr"] * ORTH_MAX_SINGULAR_VALUE[group["orthogonalizer"]] * group["safety"]
+
+    def _check_soft_cap_coupling(self, group: dict) -> None:
+        """Raises constraints' ValueError (lr too large for w_max) before any weight changes, not midway."""
+        if group["constraint"] == "soft_cap":
+            constraints.soft_cap_alpha(group["w_max"], self.max_update_norm(group), group["lr"], group["weight_decay"])
 
     def _update_momentum(self, p: torch.Tensor, group: dict) -> None:
         if p.grad is None:
@@ -159,15 +189,15 @@ class Muon(torch.optim.Optimizer):
         if group["constraint"] not in DECAY_CONSTRAINTS:
             p.mul_(1 - lr * wd)
         p.add_(o, alpha=-lr * math.sqrt(d_out / d_in))
-        max_update_norm = lr * ORTH_MAX_SINGULAR_VALUE[group["orthogonalizer"]] * group["safety"]
         # check_finite=False: no host sync per matrix; a nan shows up in the loss the trainer logs.
         p.copy_(constraints.apply(p, group["constraint"], group["w_max"], lr=lr, weight_decay=wd,
-                                  max_update_norm=max_update_norm, state=state, check_finite=False))
+                                  max_update_norm=self.max_update_norm(group), state=state, check_finite=False))
 
     @staticmethod
     def _start_all_gather(params: list, owned: list, world: int):
-        """Async all_gather of the owned weights of one equal-shape list; rank r's slot j is param r + j * world."""
+        """Async all_gather of this rank's owned weights of one equal-shape list, zero-padded to
+        ceil(len(params) / world) slots. Returns (work handle, one received stack per rank)."""
         slots = -(-len(params) // world)
         send = torch.stack(owned + [torch.zeros_like(params[0])] * (slots - len(owned)))
         received = [torch.empty_like(send) for _ in range(world)]
-        return dist.all_gather(received, send, async_op=True), received, params
+        return dist.all_gather(received, send, async_op=True), received

@@ -155,7 +155,7 @@ PRESETS = {
 # -----------------------------------------------------------------------------
 # Model. Weights are stored (d_out, d_in); norms are RMS->RMS: ||W||_* = sqrt(d_in/d_out) sigma_max(W).
 
-GELU_MAX_SLOPE = 1.1289  # max derivative of GELU: gelu(x)/1.1289 is 1-Lipschitz and |.| <= |x|
+GELU_MAX_SLOPE = 1.1289  # ~max derivative of GELU (1.1289041): gelu/1.1289 is 1.0000037-Lipschitz, |.| <= |x|
 ATTN_OUT_DIVISOR = 3.0  # attention output divided by 3 before W_O (paper's Lipschitz attention)
 
 
@@ -346,7 +346,8 @@ class GPT(nn.Module):
                 stats.append((xf.abs().amax().item(), xf.square().mean(-1).sqrt().amax().item()))
         if self.arch == "speedrun":
             x = rms_norm(x)
-        logits = self.lm_head(x).float()
+        logits = self.lm_head(x)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 in a fp64 model
         if self.arch == "speedrun":
             return self.softcap * torch.tanh(logits / self.softcap)
         return self.final_logit_scale * logits
@@ -413,13 +414,23 @@ def batch_starts(hp: Hyperparameters, step: int, total: int) -> np.ndarray:
     return rng.integers(0, total - hp.seq_len - 1, size=hp.batch_size)
 
 
-def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, rank: int, world: int, device):
-    """Yield (inputs, targets) of shape (micro_batch_size, seq_len) for this rank's share of a step."""
-    starts = batch_starts(hp, step, stream.total)
+def micro_batch_size(hp: Hyperparameters, world: int) -> int:
+    """Sequences per forward pass: the largest divisor of this rank's share <= hp.micro_batch_size, so any
+    world size that divides batch_size trains on the same global batch (by gradient accumulation)."""
+    if hp.batch_size % world:
+        raise ValueError(f"batch_size={hp.batch_size} is not divisible by the world size {world}; "
+                         f"choose --batch_size= as a multiple of the number of processes")
     per_rank = hp.batch_size // world
+    return max(d for d in range(1, min(hp.micro_batch_size, per_rank) + 1) if per_rank % d == 0)
+
+
+def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, rank: int, world: int, device):
+    """Yield (inputs, targets) of shape (micro batch, seq_len) for this rank's share of a step."""
+    starts = batch_starts(hp, step, stream.total)
+    per_rank, micro = hp.batch_size // world, micro_batch_size(hp, world)
     mine = starts[rank * per_rank:(rank + 1) * per_rank]
-    for i in range(0, per_rank, hp.micro_batch_size):
-        rows = [stream.window(int(s), hp.seq_len + 1) for s in mine[i:i + hp.micro_batch_size]]
+    for i in range(0, per_rank, micro):
+        rows = [stream.window(int(s), hp.seq_len + 1) for s in mine[i:i + micro]]
         buf = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device, non_blocking=True)
         yield buf[:, :-1], buf[:, 1:]
 
@@ -639,7 +650,8 @@ def log_validation(log: Logger, model: GPT, hp: Hyperparameters, step: int, val_
     log(f"{head} val_loss:{val_loss:.4f} val_acc:{val_acc:.4f} train_time:{train_ms:.0f}ms "
         f"step_avg:{train_ms / max(1, timed_steps):.2f}ms")
     report = lipschitz.bound_report(model)
-    log(f"{head} lipschitz_bound_log10:{report['log10_bound']:.4f} lipschitz_bound:{report['bound']:.6g}")
+    log(f"{head} lipschitz_bound_log10:{report['log10_bound']:.4f} lipschitz_bound:{report['bound']:.6g} "
+        f"lipschitz_bound_tight_log10:{report['log10_bound_tight']:.4f}")
     norms = weight_norms(model)
     log(f"{head} max_weight_norm " + " ".join(f"{k}:{v:.4f}" for k, v in norms.items()))
     if stats:
@@ -686,7 +698,7 @@ def autocast_for(hp: Hyperparameters, device):
 def train_step(model, optimizers, train, hp, step, rank, world, device, amp) -> torch.Tensor:
     """One optimizer step over this rank's share of the global batch; returns the mean train loss."""
     window = window_size(hp, step)
-    n_micro = hp.batch_size // (world * hp.micro_batch_size)
+    n_micro = hp.batch_size // (world * micro_batch_size(hp, world))
     total = torch.zeros((), device=device)
     for x, y in micro_batches(train, hp, step, rank, world, device):
         with amp:
@@ -703,16 +715,10 @@ def train_step(model, optimizers, train, hp, step, rank, world, device, amp) -> 
     return total
 
 
-def check_batch_geometry(hp: Hyperparameters, world: int):
-    if hp.batch_size % (world * hp.micro_batch_size):
-        raise ValueError(f"batch_size={hp.batch_size} must be a multiple of world_size*micro_batch_size="
-                         f"{world}*{hp.micro_batch_size}; change --micro_batch_size=")
-
-
 def main(argv: list[str] | None = None) -> dict:
     hp = Hyperparameters.from_args(sys.argv[1:] if argv is None else argv)
     rank, world, device = setup_distributed()
-    check_batch_geometry(hp, world)
+    micro_batch_size(hp, world)  # validates the batch geometry before any work
     hp.vocab_size = read_vocab_size(hp)
     if not hp.run_id:
         hp.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]

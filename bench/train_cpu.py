@@ -1,0 +1,76 @@
+"""Tokens/s of a training preset on this machine, and the share of step time spent in the constraint.
+
+    python bench/train_cpu.py [--preset=shakespeare] [--steps=6] [--dtype=bf16] [any --field=value]
+
+Runs the same steps with the preset's constraint and with constraint=none, interleaved (so both see the
+same machine load), and also times every constraints.apply call inside the constrained run. Prints
+ratios; the target for the Shakespeare preset is a constraint share under 10% of step time.
+"""
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import constraints  # noqa: E402
+import train_gpt as tg  # noqa: E402
+
+
+class Timed:
+    """Wraps constraints.apply to accumulate the seconds spent inside it."""
+
+    def __init__(self):
+        self.seconds, self.inner = 0.0, constraints.apply
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def setup(hp):
+    model = tg.make_model(hp)
+    return model, tg.make_optimizers(model, hp)
+
+
+def main(argv):
+    args = dict(a[2:].split("=", 1) for a in argv)
+    steps = int(args.pop("steps", 6))
+    args.setdefault("preset", "shakespeare")
+    args.setdefault("dtype", "bf16")
+    hp = tg.Hyperparameters.from_args([f"--{k}={v}" for k, v in args.items()])
+    hp.vocab_size = tg.read_vocab_size(hp)
+    hp_none = tg.Hyperparameters(**{**hp.__dict__, "constraint": "none"})
+    train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
+    amp = tg.autocast_for(hp, torch.device("cpu"))
+    runs = {"constrained": (hp, *setup(hp)), "none": (hp_none, *setup(hp_none))}
+    timer = Timed()
+    times = {k: [] for k in runs}
+    apply_seconds = 0.0
+    print(f"preset {hp.preset}: d {hp.d_model}, {hp.n_layer} layers, batch {hp.batch_size}x{hp.seq_len}, "
+          f"{hp.dtype}, constraint {hp.constraint}, {torch.get_num_threads()} threads; {steps} timed steps each")
+    for step in range(steps + 1):  # step 0 is warm-up, untimed
+        for name, (h, model, opts) in runs.items():
+            constraints.apply = timer if name == "constrained" else timer.inner
+            before = timer.seconds
+            t0 = time.perf_counter()
+            tg.train_step(model, opts, train, h, step, 0, 1, torch.device("cpu"), amp)
+            if step:
+                times[name].append(time.perf_counter() - t0)
+                if name == "constrained":
+                    apply_seconds += timer.seconds - before
+    constraints.apply = timer.inner
+    t_con, t_none = (sum(times[k]) / steps for k in ("constrained", "none"))
+    tokens = hp.batch_size * hp.seq_len
+    print(f"tokens/s constrained: {tokens / t_con:,.0f}   unconstrained: {tokens / t_none:,.0f}")
+    print(f"step time constrained / unconstrained: {t_con / t_none:.3f}")
+    print(f"constraint share of step time, timed inside constraints.apply: {apply_seconds / steps / t_con:.1%}")
+    print(f"constraint share of step time, by difference of the two runs:  {max(0.0, t_con - t_none) / t_con:.1%}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,416 @@
+"""Certified Lipschitz upper bound of the norm-free GPT, from its weight norms, and an adversarial check.
+
+The certified function is f = model.logits_from_embeddings: embedding output x (B, T, d) -> logits
+(B, T, V_pad), with the ||.||_inf-RMS norm (max over tokens of the per-token RMS) on both sides, over
+the input set {x : ||x||_inf-RMS <= r_0}, r_0 = hp.emb_w_max (every embedding output lies in it).
+Weights are walked by attribute (model.blocks[i].attn.q/k/v/o, .mlp.fc/proj, model.lm_head), so this
+module does not import train_gpt.
+
+The bound (paper Appendix C, made sound for this exact architecture). Norms are RMS->RMS operator
+norms computed exactly (float64 eigenvalues, not caps or power-iteration estimates):
+n(W) = sqrt(d_in/d_out) sigma_max(W); per head h, n_h(W) is that norm of head h's rows of W_Q, W_K or
+W_V (a (d_head, d) block), so n_h(W) <= sqrt(n_head) n(W).
+
+  Activation bound (assumption ||x||_inf-RMS <= r; each step holds for every token):
+    attention residual  r <- (1-a) r + a (n(W_O)/3) sqrt(mean_h n_h(W_V)^2) r
+    MLP residual        r <- (1-a) r + a n(W_proj) n(W_fc) r / 1.1289          (|gelu(z)| <= |z|)
+  Attention sublayer, per head, with s = attn.scale * head_dim (softmax(s q k^T / d_head + mask)):
+    "tight" (per-term derivative, the preprint's form; the softmax covariance bound below):
+        L_h = n_h(W_V) (1 + 2 s n_h(W_Q) n_h(W_K) r^2)
+    "paper" (Theorem C.1: Lipschitz <= max(1, |v| max(|q'|, |k'|)) w.r.t. |dq'| + |dk'| + |dv|,
+             with s absorbed as q' = sqrt(s) q, k' = sqrt(s) k):
+        L_h = max(1, sqrt(s) n_h(W_V) max(n_h(W_Q), n_h(W_K)) r^2) (sqrt(s) n_h(W_Q) + sqrt(s) n_h(W_K) + n_h(W_V))
+    heads combined: L_attn = (n(W_O)/3) sqrt(mean_h L_h^2)           ("tight" <= "paper" always)
+  MLP sublayer: L_mlp = n(W_proj) n(W_fc) * (max |gelu'| / 1.1289)     (max |gelu'| = 1.1289041...)
+  Residuals: L <- L ((1-a) + a L_sublayer), through all 2N sublayers; then L *= n(lm_head) |final scale|.
+  Composition is sound because the input set of each sublayer is the convex ball of radius r, so the
+  mean value theorem applies along segments inside it.
+
+Derivation of the attention step (one head, one query i, keys j in the mask's allowed set J_i, which
+is never empty; RoPE rotates q_i and k_j per token, preserving their norms and those of dq, dk; c = s/D):
+  y_i = sum_j p_j v_j,  p = softmax_j(c <q_i, k_j>).  dy_i = sum_j p_j dv_j + Cov_p(dl, v), with
+  dl_j = c(<dq_i, k_j> + <q_i, dk_j>), and |Cov_p(dl, v)| <= max_j |dl_j| max_j |v_j| (Cauchy-Schwarz
+  with Var_p(dl) <= max dl^2, E_p|v - E_p v|^2 <= max |v|^2). Maxima over all tokens bound those over
+  J_i, so this holds for every mask (causal, documents, sliding window). In per-head RMS
+  (c <a, b> = s RMS(a) RMS(b) for D-vectors) this is
+  RMS(dy_i) <= max RMS(dv) + s max RMS(v) (max RMS(dq) max RMS(k) + max RMS(q) max RMS(dk)).
+
+Where the paper's stated form (as in REFERENCE.md) is unsound for this architecture, and what is used:
+  1. Heads. Its q, k, v norms are RMS over all heads together, but each head's softmax sees its own
+     d_head slice, whose RMS can be sqrt(n_head) times larger. Different heads may attend to
+     different tokens, so y_i can gather a full-size slice from a different token in every head:
+     the value path and the activation bound grow by up to sqrt(n_head), and q.k/d_head by up to
+     n_head. Hence per-head norms n_h, combined as sqrt(mean_h (.)^2). (tests: a 2-head construction
+     exceeds the paper's activation bound.)
+  2. GELU. The MLP's Lipschitz constant is n(W_proj) n(W_fc) max|gelu'| / 1.1289, not the stated
+     n(W_proj) n(W_fc) / 1.1289 (that divides by 1.1289 twice); and max|gelu'| = 1.1289041 > 1.1289,
+     so gelu(z)/1.1289 is 1.0000037-Lipschitz, not 1- (tests: a model attains this MLP bound).
+The paper's literal recursion is still reported ("log10_bound_paper_literal") to compare with its
+published numbers; it is not a certificate.
+Everything is done in natural-log space, so astronomically large bounds do not overflow; a float
+bound above ~1e308 is reported as math.inf with its finite log10.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+GELU_DIVISOR = 1.1289  # train_gpt.GELU_MAX_SLOPE: the MLP computes gelu(h) / GELU_DIVISOR (tests check equality)
+ATTN_OUT_DIVISOR = 3.0  # train_gpt.ATTN_OUT_DIVISOR: attention output divided by this before W_O
+# exact max of gelu'(x) = Phi(x) + x phi(x), attained at x = sqrt(2)
+GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
+MLP_ACT_LIPSCHITZ = GELU_MAX_SLOPE / GELU_DIVISOR  # 1.0000037: Lipschitz constant of gelu(.)/1.1289
+VARIANTS = ("paper", "tight")
+THEOREMS = {
+    "paper": "attention: paper Theorem C.1 (max(1,|v|max(|q|,|k|)) w.r.t. |dq|+|dk|+|dv|), per head, s absorbed "
+             "as sqrt(s) into W_Q and W_K, heads combined in RMS",
+    "tight": "attention: per-term derivative bound |dv| + |v|(|dq||k| + |q||dk|) (the preprint's form), "
+             "per head, heads combined in RMS",
+    "paper_literal": "REFERENCE.md Appendix C recursion verbatim (whole-matrix norms, MLP / 1.1289): "
+                     "NOT a certificate for multi-head attention",
+}
+_LOG10 = math.log(10.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Norms and log-space helpers
+
+
+@torch.no_grad()
+def rms_op_norms(W: torch.Tensor) -> torch.Tensor:
+    """RMS->RMS operator norm sqrt(d_in/d_out) sigma_max of each matrix in W (..., d_out, d_in), float64.
+
+    Exact to float64 rounding: the top eigenvalue of the Gram matrix on the smaller side (sigma_max to
+    ~1e-15 relative; ~3x faster than an SVD for the (50304, 768) lm_head). Not a power-iteration estimate,
+    which can undershoot; and not constraints.rms_norm_op, whose float32 result can undercut by ~6e-8."""
+    W = W.detach().to(torch.float64)
+    G = W.mT @ W if W.shape[-2] >= W.shape[-1] else W @ W.mT
+    sigma = torch.linalg.eigvalsh(G)[..., -1].clamp_min(0).sqrt()
+    return sigma * math.sqrt(W.shape[-1] / W.shape[-2])
+
+
+def head_rms_op_norms(W: torch.Tensor, n_head: int) -> list[float]:
+    """Per-head RMS->RMS norms of W (n_head * head_dim, d): the norm of each (head_dim, d) row block."""
+    if W.shape[0] % n_head:
+        raise ValueError(f"weight of shape {tuple(W.shape)} does not split into n_head={n_head} row blocks")
+    return rms_op_norms(W.reshape(n_head, W.shape[0] // n_head, W.shape[1])).tolist()
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else -math.inf
+
+
+def _logsumexp(xs) -> float:
+    xs = list(xs)
+    m = max(xs)
+    if m == -math.inf or m == math.inf:
+        return m
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def _log_residual(a: float, log_inner: float) -> float:
+    """log((1-a) + a exp(log_inner)): the factor of a convex residual x <- (1-a) x + a g(x)."""
+    return _logsumexp([math.log(1 - a), math.log(a) + log_inner])
+
+
+def _log_rms_mean(logs: list[float]) -> float:
+    """log sqrt(mean_h exp(2 logs_h)): heads combined in RMS."""
+    return 0.5 * (_logsumexp([2 * x for x in logs]) - math.log(len(logs)))
+
+
+def _float(log_x: float) -> float:
+    """exp(log_x) as a float, math.inf when it would overflow."""
+    return math.exp(log_x) if log_x < 709.0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-sublayer bounds (natural logs). Pure functions of norms, the activation bound r and s.
+
+
+def log_attention_head_lipschitz(log_nq: float, log_nk: float, log_nv: float, log_s: float, log_r: float,
+                                 variant: str) -> float:
+    """log of one head's Lipschitz constant (RMS over d_head <- inf-RMS over d), input norm <= r."""
+    if variant == "tight":  # n_v (1 + 2 s n_q n_k r^2)
+        return log_nv + _logsumexp([0.0, math.log(2) + log_s + log_nq + log_nk + 2 * log_r])
+    if variant == "paper":  # max(1, sqrt(s) n_v max(n_q, n_k) r^2) (sqrt(s) n_q + sqrt(s) n_k + n_v)
+        half_s = 0.5 * log_s
+        big = max(0.0, half_s + log_nv + max(log_nq, log_nk) + 2 * log_r)
+        return big + _logsumexp([half_s + log_nq, half_s + log_nk, log_nv])
+    raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+
+
+def log_attention_lipschitz(nq: list[float], nk: list[float], nv: list[float], no: float, s: float,
+                            log_r: float, variant: str) -> float:
+    """log Lipschitz constant of x -> W_O (attention(x) / 3) on the ball of radius r (per-head norms)."""
+    heads = [log_attention_head_lipschitz(_log(a), _log(b), _log(c), _log(s), log_r, variant)
+             for a, b, c in zip(nq, nk, nv)]
+    return _log(no) - math.log(ATTN_OUT_DIVISOR) + _log_rms_mean(heads)
+
+
+def log_attention_gain(nv: list[float], no: float) -> float:
+    """log of the activation growth bound RMS(W_O attention(x)/3) <= gain * r (convex mix per head)."""
+    return _log(no) - math.log(ATTN_OUT_DIVISOR) + _log_rms_mean([_log(x) for x in nv])
+
+
+def log_mlp_lipschitz(n_fc: float, n_proj: float) -> float:
+    return _log(n_fc) + _log(n_proj) + math.log(MLP_ACT_LIPSCHITZ)
+
+
+def log_mlp_gain(n_fc: float, n_proj: float) -> float:
+    return _log(n_fc) + _log(n_proj) - math.log(GELU_DIVISOR)
+
+
+def _paper_literal_log_attention(nq: float, nk: float, nv: float, no: float, s: float, log_r: float) -> float:
+    """REFERENCE.md item 2 verbatim (whole-matrix norms, s absorbed as sqrt(s) in W_Q and W_K)."""
+    return (_log(no) - math.log(ATTN_OUT_DIVISOR)
+            + log_attention_head_lipschitz(_log(nq), _log(nk), _log(nv), _log(s), log_r, "paper"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def _arch_problem(model: nn.Module) -> str | None:
+    arch = getattr(model, "arch", "lipschitz")
+    if arch != "lipschitz":
+        return (f"arch={arch!r}: RMSNorm/QK-norm rescale by 1/RMS(x), which is unbounded near x = 0, so no "
+                f"global Lipschitz bound exists; use arch='lipschitz'")
+    for name in ("embed", "blocks", "lm_head"):
+        if not hasattr(model, name):
+            return f"model has no .{name}: not a train_gpt.GPT-like model"
+    return None
+
+
+def _nonfinite_weight(model: nn.Module) -> str | None:
+    for name, p in model.named_parameters():
+        if not name.startswith("embed") and not bool(torch.isfinite(p).all()):
+            return f"weight {name} has non-finite entries (training diverged): no finite bound"
+    return None
+
+
+def _hp(model, name: str, default):
+    hp = getattr(model, "hp", None)
+    return getattr(hp, name, default) if hp is not None else default
+
+
+@torch.no_grad()
+def layer_norms(block: nn.Module) -> dict:
+    """All norms of one Block that the bound uses (python floats / lists of per-head floats)."""
+    attn, mlp = block.attn, block.mlp
+    H = attn.n_head
+    out = {name: rms_op_norms(getattr(attn, name).weight).item() for name in ("q", "k", "v", "o")}
+    out.update({f"{name}_heads": head_rms_op_norms(getattr(attn, name).weight, H) for name in ("q", "k", "v")})
+    out.update(fc=rms_op_norms(mlp.fc.weight).item(), proj=rms_op_norms(mlp.proj.weight).item())
+    out.update(alpha=float(block.alpha), s=float(attn.scale) * attn.head_dim, n_head=H)
+    return out
+
+
+@torch.no_grad()
+def bound_report(model: nn.Module, radius: float | None = None) -> dict:
+    """Certified Lipschitz bound of model.logits_from_embeddings with its per-layer breakdown.
+
+    radius: r_0, the input norm assumption ||x||_inf-RMS <= r_0 (default hp.emb_w_max).
+    Returns a dict with
+      bound, log10_bound               "paper" variant (Theorem C.1 per head): certified
+      bound_tight, log10_bound_tight   "tight" variant (per-term attention bound): certified, <= bound
+      bound_paper_literal, log10_bound_paper_literal   REFERENCE.md verbatim: NOT certified
+      radius, lm_head_norm, final_logit_scale, theorems, reason (None, or why the bound is inf)
+      layers: per layer a dict of norms (q, k, v, o, fc, proj, q_heads, ...), log10_r_in / _mid / _out
+        (activation bound before the block, after attention, after the MLP), log10_attn_<variant>,
+        log10_mlp, log10_cum_<variant> (bound of the map embedding -> this block's output).
+    Floats that would overflow are math.inf; every log10_* is finite for finite, nonzero weights."""
+    reason = _arch_problem(model) or _nonfinite_weight(model)
+    if reason is not None:
+        inf = math.inf
+        return dict(bound=inf, log10_bound=inf, bound_tight=inf, log10_bound_tight=inf, bound_paper_literal=inf,
+                    log10_bound_paper_literal=inf, layers=[], reason=reason, theorems=THEOREMS)
+    r0 = float(_hp(model, "emb_w_max", 1.0) if radius is None else radius)
+    if not (math.isfinite(r0) and r0 > 0):
+        raise ValueError(f"radius (the input norm bound r_0) must be finite and > 0, got {radius!r}")
+    log_r = log_r_lit = math.log(r0)
+    log_L = {v: 0.0 for v in VARIANTS}
+    log_L_lit = 0.0
+    layers = []
+    for block in model.blocks:
+        n = layer_norms(block)
+        a, s = n["alpha"], n["s"]
+        row = dict(norms=n, log10_r_in=log_r / _LOG10)
+        for v in VARIANTS:
+            la = log_attention_lipschitz(n["q_heads"], n["k_heads"], n["v_heads"], n["o"], s, log_r, v)
+            row[f"log10_attn_{v}"] = la / _LOG10
+            log_L[v] += _log_residual(a, la)
+        log_L_lit += _log_residual(a, _paper_literal_log_attention(n["q"], n["k"], n["v"], n["o"], s, log_r_lit))
+        log_r += _log_residual(a, log_attention_gain(n["v_heads"], n["o"]))
+        log_r_lit += _log_residual(a, _log(n["o"]) + _log(n["v"]) - math.log(ATTN_OUT_DIVISOR))
+        row["log10_r_mid"] = log_r / _LOG10
+        lm = log_mlp_lipschitz(n["fc"], n["proj"])
+        row["log10_mlp"] = lm / _LOG10
+        for v in VARIANTS:
+            log_L[v] += _log_residual(a, lm)
+            row[f"log10_cum_{v}"] = log_L[v] / _LOG10
+        log_L_lit += _log_residual(a, _log(n["fc"]) + _log(n["proj"]) - math.log(GELU_DIVISOR))
+        log_r += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
+        log_r_lit += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
+        row["log10_r_out"] = log_r / _LOG10
+        row["log10_r_out_paper_literal"] = log_r_lit / _LOG10
+        layers.append(row)
+    n_lm = rms_op_norms(model.lm_head.weight).item()
+    fls = abs(float(getattr(model, "final_logit_scale", 1.0)))
+    log_head = _log(n_lm) + _log(fls)
+    out = dict(radius=r0, lm_head_norm=n_lm, final_logit_scale=fls, layers=layers, reason=None, theorems=THEOREMS)
+    for key, lg in (("bound", log_L["paper"]), ("bound_tight", log_L["tight"]), ("bound_paper_literal", log_L_lit)):
+        out[key] = _float(lg + log_head)
+        out[f"log10_{key}"] = (lg + log_head) / _LOG10
+    return out
+
+
+def certified_bound(model: nn.Module, variant: str = "paper", radius: float | None = None) -> float:
+    """Certified upper bound on ||f(x1) - f(x2)|| / ||x1 - x2|| (inf-RMS norms, ||x||_inf-RMS <= radius),
+    f = model.logits_from_embeddings. variant "paper" (Theorem C.1 per head) or "tight" (per-term).
+    math.inf if it overflows a float (see bound_report for its log10) or the arch has no bound."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+    report = bound_report(model, radius)
+    return report["bound" if variant == "paper" else "bound_tight"]
+
+
+def activation_bounds(model: nn.Module, radius: float | None = None) -> list[float]:
+    """Certified bound on the residual stream's inf-RMS after each block (inputs of norm <= radius)."""
+    return [_float(row["log10_r_out"] * _LOG10) for row in bound_report(model, radius)["layers"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Empirical check: adversarial search for the largest ||f(x1) - f(x2)|| / ||x1 - x2||
+
+
+def inf_rms(x: torch.Tensor) -> torch.Tensor:
+    """||x||_inf-RMS of each sequence: x (B, T, d) -> (B,), max over tokens of the RMS over d."""
+    return x.square().mean(-1).sqrt().amax(-1)
+
+
+def project_to_ball(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """Nearest point with every token's RMS <= radius (x (..., d)): scale down tokens outside."""
+    rms = x.square().mean(-1, keepdim=True).sqrt()
+    return x * torch.clamp(radius / rms.clamp_min(1e-300), max=1.0)
+
+
+def float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 eval-mode copy of the model (the caller's model is left untouched)."""
+    return copy.deepcopy(model).double().eval()
+
+
+def logits64(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model.logits_from_embeddings(x) at x's precision.
+
+    train_gpt casts the logits to float32 (.float()), which would drown a float64 search for small
+    perturbations in rounding; the lm_head's own output is captured instead and multiplied by the
+    final logit scale (the lipschitz arch computes exactly final_logit_scale * lm_head(x))."""
+    captured = []
+    handle = model.lm_head.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    try:
+        out = model.logits_from_embeddings(x)
+    finally:
+        handle.remove()
+    if out.dtype == x.dtype:
+        return out
+    return float(getattr(model, "final_logit_scale", 1.0)) * captured[-1]
+
+
+def _check_pair(x1: torch.Tensor, x2: torch.Tensor, d: int) -> None:
+    if x1.shape != x2.shape or x1.ndim != 3 or x1.shape[-1] != d:
+        raise ValueError(f"x1, x2 must both have shape (B, T, d_model={d}), got {tuple(x1.shape)} and "
+                         f"{tuple(x2.shape)}")
+
+
+@torch.no_grad()
+def empirical_ratio(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> float:
+    """||f(x1) - f(x2)|| / ||x1 - x2|| in inf-RMS over all B*T tokens, f computed in float64 on a copy.
+    x1, x2: (B, T, d) embedding outputs (not modified)."""
+    d = model.embed.weight.shape[1]
+    _check_pair(x1, x2, d)
+    den = inf_rms((x1 - x2).double().reshape(1, -1, d)).item()
+    if den == 0:
+        raise ValueError("x1 and x2 are equal: the ratio is undefined; pass two different inputs")
+    m = float64_copy(model)
+    num = inf_rms((logits64(m, x1.double()) - logits64(m, x2.double())).reshape(1, -1, m.lm_head.weight.shape[0]))
+    return num.item() / den
+
+
+@dataclass
+class SearchResult:
+    """Worst pair found: ratio, the pair (1, T, d) float64, the restart kind, and the best ratio per restart."""
+    ratio: float
+    x1: torch.Tensor
+    x2: torch.Tensor
+    kind: str
+    per_restart: list = field(default_factory=list)
+
+
+# restart kinds: (name, perturbation size as a fraction of the radius; None = two independent points)
+SEARCH_KINDS = (("local", 1e-5), ("large", None), ("medium", 0.1), ("local", 1e-3), ("large", None))
+
+
+def worst_pair(model: nn.Module, *, seq_len: int = 16, batch: int = 4, restarts: int = 5, steps: int = 200,
+               lr: float = 0.05, radius: float | None = None, seed: int = 0) -> SearchResult:
+    """Gradient-ascent search for the largest ratio ||f(x1)-f(x2)|| / ||x1-x2|| with both inputs in the
+    ball ||x||_inf-RMS <= radius (default hp.emb_w_max), the set the certified bound is about.
+
+    Each restart optimizes `batch` independent sequences (each sequence is its own pair; the ratio is
+    per sequence) with Adam on log ratio, cycling through SEARCH_KINDS: tiny perturbations (the local
+    Jacobian norm), medium ones, and two independent points. Inputs start on the sphere's surface
+    (largest activations) or inside it; the ball constraint is kept by projection. float64 throughout."""
+    if steps < 1 or restarts < 1 or batch < 1 or seq_len < 1:
+        raise ValueError(f"seq_len, batch, restarts and steps must be >= 1, got {seq_len}, {batch}, {restarts}, "
+                         f"{steps}")
+    problem = _arch_problem(model)
+    if problem is not None:
+        raise ValueError(f"cannot search a model without a certified bound: {problem}")
+    R = float(_hp(model, "emb_w_max", 1.0) if radius is None else radius)
+    m = float64_copy(model).requires_grad_(False)
+    d = m.embed.weight.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    best = SearchResult(0.0, None, None, "")
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    for restart in range(restarts):
+        kind, eps = SEARCH_KINDS[restart % len(SEARCH_KINDS)]
+        # start each token at RMS R * u, u in [0.5, 1.5] (projection puts ~half on the surface)
+        scale = R * (0.5 + torch.rand(batch, seq_len, 1, generator=gen, dtype=torch.float64))
+        z1 = (randn(batch, seq_len, d) * scale).requires_grad_()
+        z2 = (randn(batch, seq_len, d) * (scale if eps is None else 1.0)).requires_grad_()
+        opt = torch.optim.Adam([z1, z2], lr=lr * (R if eps is None else 1.0))
+        # cosine decay to 0: big moves first to find a good basin, then converge inside it
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
+        run_best = 0.0
+        for _ in range(steps):
+            if eps is None:
+                x1, x2 = project_to_ball(z1, R), project_to_ball(z2, R)
+            else:  # x2 = x1 + a perturbation with every token's RMS exactly eps R; both stay in the ball.
+                # (||J dx|| is convex in dx, so its max over the product of token balls is at a point
+                # with every token on its sphere: no loss, and every token's direction gets a gradient.)
+                x1 = project_to_ball(z1, R * (1 - eps))
+                x2 = x1 + eps * R * z2 / z2.square().mean(-1, keepdim=True).sqrt()
+            ratios = inf_rms(logits64(m, x2) - logits64(m, x1)) / inf_rms(x2 - x1)
+            i = int(ratios.argmax())
+            if ratios[i].item() > run_best:
+                run_best = ratios[i].item()
+                if run_best > best.ratio:
+                    best = SearchResult(run_best, x1[i:i + 1].detach().clone(), x2[i:i + 1].detach().clone(),
+                                        kind, best.per_restart)
+            opt.zero_grad(set_to_none=True)
+            (-ratios.clamp_min(1e-300).log().sum()).backward()
+            opt.step()
+            sched.step()
+        best.per_restart.append((kind, run_best))
+    return best
+
+
+def worst_ratio(model: nn.Module, **search) -> float:
+    """Largest ratio found by worst_pair(model, **search) (a lower bound on the true Lipschitz constant)."""
+    return worst_pair(model, **search).ratio

@@ -1,0 +1,454 @@
+"""lipschitz.py: the certified bound against a hand computation and a plain-float oracle, its soundness
+against an adversarial gradient search on random capped and trained models, the activation bound on
+real text, and constructions showing where the paper's literal recursion is exceeded."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import constraints
+import lipschitz as L
+import train_gpt as tg
+
+TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                    "tinyshakespeare.txt")
+REL = 1e-9  # float64 rounding slack for bounds that are attained
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded (and leave the other core to other test files)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_hp(n_layer=1, d_model=32, n_head=2, s=8.0, fls=1.0, emb_w_max=1.0, seq_len=16, **kw):
+    return tg.Hyperparameters.from_preset("smoke", vocab_size=256, n_layer=n_layer, d_model=d_model, n_head=n_head,
+                                          head_dim=d_model // n_head, attn_logit_scale=s, final_logit_scale=fls,
+                                          emb_w_max=emb_w_max, seq_len=seq_len, **kw)
+
+
+def capped_model(hp, w_max, seed=0, lm_head_w_max=None):
+    """Random weights capped (exact SVD) at w_max: norms known, nothing zero (unlike the init)."""
+    model = tg.make_model(hp)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "embed.weight":
+                p.copy_(constraints.cap_row_rms(torch.randn(p.shape, generator=gen) * 3, hp.emb_w_max))
+            else:
+                cap = lm_head_w_max if name.startswith("lm_head") and lm_head_w_max else w_max
+                p.copy_(constraints.apply(torch.randn(p.shape, generator=gen), "svd_cap", cap))
+    return model
+
+
+def set_weights(model, **weights):
+    """Assign exact weights by dotted name, e.g. set_weights(m, **{"blocks.0.attn.q": W})."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, W in weights.items():
+            params[name.replace("__", ".") + ".weight"].copy_(torch.as_tensor(W, dtype=torch.float32))
+
+
+def shakespeare_tokens(n):
+    if not os.path.exists(TINY):
+        pytest.skip(f"real-data test needs {TINY} (tiny shakespeare); it is absent")
+    data = np.frombuffer(open(TINY, "rb").read(n), dtype=np.uint8)
+    return torch.from_numpy(data.astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------
+# An independent plain-float oracle of the certified recursion (numpy SVD, no logs)
+
+
+def rms_norm_np(W):
+    W = np.asarray(W, dtype=np.float64)
+    return np.linalg.norm(W, 2) * math.sqrt(W.shape[1] / W.shape[0])
+
+
+def oracle_bound(model, variant):
+    r, Lip = model.hp.emb_w_max, 1.0
+    for b in model.blocks:
+        a, H, D = b.alpha, b.attn.n_head, b.attn.head_dim
+        s = b.attn.scale * D
+        heads = {k: [rms_norm_np(w) for w in getattr(b.attn, k).weight.detach().double().numpy().reshape(H, D, -1)]
+                 for k in "qkv"}
+        no, nf, npj = (rms_norm_np(m.weight.detach()) for m in (b.attn.o, b.mlp.fc, b.mlp.proj))
+        per_head = []
+        for q, k, v in zip(heads["q"], heads["k"], heads["v"]):
+            if variant == "tight":
+                per_head.append(v * (1 + 2 * s * q * k * r * r))
+            else:
+                per_head.append(max(1, math.sqrt(s) * v * max(q, k) * r * r) * (math.sqrt(s) * (q + k) + v))
+        l_attn = no / 3 * math.sqrt(np.mean(np.square(per_head)))
+        Lip *= (1 - a) + a * l_attn
+        r = (1 - a) * r + a * no / 3 * math.sqrt(np.mean(np.square(heads["v"]))) * r
+        Lip *= (1 - a) + a * nf * npj * L.MLP_ACT_LIPSCHITZ
+        r = (1 - a) * r + a * nf * npj / 1.1289 * r
+    return Lip * rms_norm_np(model.lm_head.weight.detach()) * abs(model.final_logit_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# Constants and norms
+
+
+def test_constants_match_train_gpt_and_gelu():
+    assert L.GELU_DIVISOR == tg.GELU_MAX_SLOPE and L.ATTN_OUT_DIVISOR == tg.ATTN_OUT_DIVISOR
+    x = torch.linspace(-6, 6, 200001, dtype=torch.float64, requires_grad=True)
+    F.gelu(x).sum().backward()
+    slope = x.grad.abs().max().item()
+    assert slope == pytest.approx(L.GELU_MAX_SLOPE, rel=1e-9)
+    assert L.GELU_MAX_SLOPE > tg.GELU_MAX_SLOPE  # 1.1289 is rounded down: gelu/1.1289 is not 1-Lipschitz
+    assert 1 < L.MLP_ACT_LIPSCHITZ < 1 + 4e-6
+
+
+@pytest.mark.parametrize("shape,n_head", [((32, 16), 2), ((24, 40), 4), ((64, 64), 1)])
+def test_norms_match_numpy_svd(shape, n_head):
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    assert L.rms_op_norms(W).item() == pytest.approx(rms_norm_np(W), rel=1e-12)
+    D = shape[0] // n_head
+    want = [rms_norm_np(W[h * D:(h + 1) * D]) for h in range(n_head)]
+    assert L.head_rms_op_norms(W, n_head) == pytest.approx(want, rel=1e-12)
+    assert max(want) <= math.sqrt(n_head) * rms_norm_np(W) * (1 + 1e-12)
+    with pytest.raises(ValueError, match="n_head=5"):
+        L.head_rms_op_norms(W, 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# The recursion: by hand, against the oracle, in log space
+
+
+def test_hand_computed_one_layer():
+    """d 32, 2 heads of 16, s 2, final scale 3, r_0 1, a 1/2. Per-head norms of I's row blocks are
+    sqrt(32/16) = sqrt(2). W_Q = I, W_K = I/2, W_V = I, W_O = 0.75 I, fc = [I;I;I;I] (norm 1),
+    proj = [I I I I]/2 (norm 2), lm_head = 2 [I; 0] (norm sqrt(32/256) 2 = 1/sqrt2); all exact in float32."""
+    hp = make_hp(n_layer=1, d_model=32, n_head=2, s=2.0, fls=3.0)
+    model = tg.make_model(hp)
+    I = torch.eye(32)
+    set_weights(model, **{"blocks.0.attn.q": I, "blocks.0.attn.k": I / 2, "blocks.0.attn.v": I,
+                          "blocks.0.attn.o": 0.75 * I, "blocks.0.mlp.fc": torch.cat([I] * 4, 0),
+                          "blocks.0.mlp.proj": torch.cat([I] * 4, 1) / 2,
+                          "lm_head": 2 * torch.cat([I, torch.zeros(224, 32)], 0)})
+    rep = L.bound_report(model)
+    sq2 = math.sqrt(2)
+    n = rep["layers"][0]["norms"]
+    assert (n["q"], n["k"], n["v"], n["o"], n["fc"], n["proj"]) == pytest.approx((1, 0.5, 1, 0.75, 1, 2), rel=1e-12)
+    assert rep["lm_head_norm"] == pytest.approx(1 / sq2, rel=1e-12)
+    assert n["q_heads"] == pytest.approx([sq2, sq2]) and n["k_heads"] == pytest.approx([sq2 / 2, sq2 / 2])
+    # tight head: n_v (1 + 2 s n_q n_k r^2) = sqrt2 (1 + 2*2*sqrt2*(sqrt2/2)) = 5 sqrt2; block 0.75/3 * 5 sqrt2
+    attn_tight = 0.25 * 5 * sq2
+    # paper head: max(1, sqrt2 * sqrt2 * sqrt2 * 1) * (sqrt2*sqrt2 + sqrt2*sqrt2/2 + sqrt2) = 2sqrt2 (3 + sqrt2)
+    attn_paper = 0.25 * 2 * sq2 * (3 + sq2)
+    mlp = 1 * 2 * L.MLP_ACT_LIPSCHITZ
+    assert 10 ** rep["layers"][0]["log10_attn_tight"] == pytest.approx(attn_tight, rel=1e-12)
+    assert 10 ** rep["layers"][0]["log10_attn_paper"] == pytest.approx(attn_paper, rel=1e-12)
+    assert rep["bound_tight"] == pytest.approx((0.5 + 0.5 * attn_tight) * (0.5 + 0.5 * mlp) * 3 / sq2, rel=1e-12)
+    assert rep["bound"] == pytest.approx((0.5 + 0.5 * attn_paper) * (0.5 + 0.5 * mlp) * 3 / sq2, rel=1e-12)
+    # activation bound: r_mid = 1/2 + 1/2 * 0.25 * sqrt2 ; r_out = r_mid (1/2 + 1/2 * 2/1.1289)
+    r_mid = 0.5 + 0.125 * sq2
+    assert 10 ** rep["layers"][0]["log10_r_mid"] == pytest.approx(r_mid, rel=1e-12)
+    assert L.activation_bounds(model) == pytest.approx([r_mid * (0.5 + 1 / 1.1289)], rel=1e-12)
+    # the paper's literal recursion: whole-matrix norms, MLP / 1.1289
+    lit = (0.5 + 0.5 * 0.25 * (sq2 * 1.5 + 1) * max(1, sq2)) * (0.5 + 0.5 * 2 / 1.1289) * 3 / sq2
+    assert rep["bound_paper_literal"] == pytest.approx(lit, rel=1e-12)
+    assert L.certified_bound(model) == rep["bound"] and L.certified_bound(model, "tight") == rep["bound_tight"]
+
+
+@pytest.mark.parametrize("n_layer,d,n_head,s,w", [(1, 32, 1, 1.0, 1.0), (2, 32, 2, 8.0, 2.0), (3, 64, 4, 24.0, 1.5)])
+def test_matches_plain_float_oracle(n_layer, d, n_head, s, w):
+    model = capped_model(make_hp(n_layer, d, n_head, s, fls=2.0), w, seed=n_layer)
+    rep = L.bound_report(model)
+    assert rep["bound_tight"] == pytest.approx(oracle_bound(model, "tight"), rel=1e-10)
+    assert rep["bound"] == pytest.approx(oracle_bound(model, "paper"), rel=1e-10)
+    assert rep["bound_tight"] <= rep["bound"]
+
+
+def test_astronomical_bounds_stay_finite_in_log10():
+    model = capped_model(make_hp(n_layer=6, d_model=32, n_head=2, s=8.0), w_max=1.0, seed=5)
+    base = L.bound_report(model)
+    with torch.no_grad():
+        for b in model.blocks:
+            for lin in (b.attn.q, b.attn.k, b.attn.v, b.attn.o, b.mlp.fc, b.mlp.proj):
+                lin.weight.mul_(1e4)
+    huge = L.bound_report(model)
+    assert huge["log10_bound"] > 308 and huge["bound"] == math.inf and math.isfinite(huge["log10_bound"])
+    assert huge["log10_bound_tight"] > 308 and math.isfinite(huge["log10_bound_tight"])
+    assert huge["log10_bound_tight"] <= huge["log10_bound"]
+    # log space is exact bookkeeping: scaling the lm_head by c shifts log10 by log10(c)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0 ** -10)  # a power of two: the float32 weights stay exact
+    assert L.bound_report(model)["log10_bound"] == pytest.approx(huge["log10_bound"] - 10 * math.log10(2), abs=1e-9)
+    assert base["log10_bound"] < huge["log10_bound"]
+
+
+def test_report_keys_values_and_speedrun_arch():
+    """What train_gpt logs at each validation: bound and its log10, both variants, per-layer rows."""
+    model = capped_model(make_hp(n_layer=2), w_max=1.0)
+    rep = L.bound_report(model)
+    for key in ("bound", "log10_bound", "bound_tight", "log10_bound_tight", "bound_paper_literal",
+                "log10_bound_paper_literal", "layers", "theorems", "radius", "lm_head_norm", "reason"):
+        assert key in rep, key
+    assert rep["reason"] is None and len(rep["layers"]) == 2
+    assert math.log10(rep["bound"]) == pytest.approx(rep["log10_bound"], rel=1e-12)
+    assert rep["layers"][-1]["log10_cum_tight"] + math.log10(rep["lm_head_norm"]) == pytest.approx(
+        rep["log10_bound_tight"], abs=1e-12)
+    assert set(rep["theorems"]) >= {"paper", "tight"}
+    fresh = tg.make_model(make_hp())  # zero lm_head at init: the logits are constant, the bound 0
+    assert L.bound_report(fresh)["bound"] == 0.0
+    sr = tg.make_model(make_hp(arch="speedrun"))
+    rep = L.bound_report(sr)
+    assert rep["bound"] == math.inf and "speedrun" in rep["reason"]
+    assert L.certified_bound(sr) == math.inf
+    with torch.no_grad():
+        fresh.blocks[0].mlp.fc.weight[0, 0] = float("nan")
+    rep = L.bound_report(fresh)  # a diverged run still logs (inf, with the reason)
+    assert rep["bound"] == math.inf and rep["log10_bound"] == math.inf and "blocks.0.mlp.fc" in rep["reason"]
+    with pytest.raises(ValueError, match="variant"):
+        L.certified_bound(model, "loose")
+    with pytest.raises(ValueError, match="radius"):
+        L.bound_report(model, radius=-1.0)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 2), st.sampled_from([(16, 1), (16, 2), (32, 4)]), st.floats(0.5, 30.0),
+       st.floats(0.3, 3.0), st.sampled_from(["attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj"]),
+       st.floats(1.0, 4.0), st.integers(0, 10 ** 6))
+def test_property_bound_monotone_in_every_weight_and_sound_on_random_pairs(n_layer, dh, s, w, which, c, seed):
+    d, H = dh
+    model = capped_model(make_hp(n_layer, d, H, s), w, seed=seed % 1000)
+    before = L.bound_report(model)
+    assert before["log10_bound_tight"] <= before["log10_bound"] + 1e-12
+    gen = torch.Generator().manual_seed(seed)
+    x1 = L.project_to_ball(torch.randn(2, 8, d, generator=gen, dtype=torch.float64) * 2, 1.0)
+    x2 = L.project_to_ball(x1 + torch.randn(2, 8, d, generator=gen, dtype=torch.float64) * 0.3, 1.0)
+    assert L.empirical_ratio(model, x1, x2) <= before["bound_tight"] * (1 + REL)
+    with torch.no_grad():
+        model.get_submodule(f"blocks.{n_layer - 1}.{which}").weight.mul_(c)
+    after = L.bound_report(model)
+    assert after["log10_bound"] >= before["log10_bound"] - 1e-12
+    assert after["log10_bound_tight"] >= before["log10_bound_tight"] - 1e-12
+
+
+# ------------------------------------------------------------------------------------------------
+# Soundness: the adversarial search never exceeds the certified bound
+
+
+def check_sound(model, tag, **search):
+    rep = L.bound_report(model)
+    res = L.worst_pair(model, **search)
+    assert res.x1.square().mean(-1).sqrt().max() <= model.hp.emb_w_max * (1 + 1e-12)  # inside the assumption
+    assert res.x2.square().mean(-1).sqrt().max() <= model.hp.emb_w_max * (1 + 1e-12)
+    assert L.empirical_ratio(model, res.x1, res.x2) == pytest.approx(res.ratio, rel=1e-9)
+    print(f"{tag}: worst {res.ratio:.4g} ({res.kind}) tight {rep['bound_tight']:.4g} paper {rep['bound']:.4g} "
+          f"tightness {res.ratio / rep['bound_tight']:.3g}")
+    assert 0 < res.ratio <= rep["bound_tight"] * (1 + REL) <= rep["bound"] * (1 + 2 * REL)
+    return res.ratio / rep["bound_tight"]
+
+
+@pytest.mark.parametrize("n_layer,d,n_head,s,w,seq", [
+    (1, 32, 1, 1.0, 1.0, 8), (1, 32, 2, 8.0, 2.0, 8), (2, 32, 4, 32.0, 1.0, 8), (2, 64, 2, 8.0, 3.0, 16),
+    (3, 32, 2, 100.0, 1.0, 8)])
+def test_search_never_exceeds_bound_random_capped(n_layer, d, n_head, s, w, seq):
+    model = capped_model(make_hp(n_layer, d, n_head, s, fls=2.0, seq_len=seq), w, seed=n_layer + n_head)
+    check_sound(model, f"L{n_layer} d{d} H{n_head} s{s} w{w}", seq_len=seq, batch=4, restarts=5, steps=60)
+
+
+def test_search_never_exceeds_bound_smaller_radius():
+    model = capped_model(make_hp(2, 32, 2, 16.0, emb_w_max=0.5), 2.0, seed=4)
+    check_sound(model, "radius 0.5", seq_len=8, batch=4, restarts=3, steps=60)
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """The smoke-sized model after a few Muon + soft-cap steps on Shakespeare bytes (random bytes if absent)."""
+    torch.set_num_threads(1)
+    hp = make_hp(n_layer=2, d_model=32, n_head=2, s=8.0, fls=4.0, w_max=2.0, lm_head_w_max=2.0, muon_lr=0.2)
+    model = tg.make_model(hp)
+    opts = tg.make_optimizers(model, hp)
+    data = (shakespeare_tokens(20000) if os.path.exists(TINY)
+            else torch.randint(0, 256, (20000,), generator=torch.Generator().manual_seed(0)))
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        starts = torch.randint(0, len(data) - 33, (8,), generator=gen)
+        buf = torch.stack([data[i:i + 33] for i in starts.tolist()])
+        loss = F.cross_entropy(model(buf[:, :-1]).flatten(0, 1)[:, :256], buf[:, 1:].flatten())
+        loss.backward()
+        tg.set_schedules(opts, hp, step)
+        for opt in opts:
+            opt.step()
+        tg.constrain_non_muon(model, hp)
+        model.zero_grad(set_to_none=True)
+    return model
+
+
+def test_search_never_exceeds_bound_after_training(trained_model):
+    assert L.bound_report(trained_model)["bound"] > 0  # the zero-init matrices have moved
+    check_sound(trained_model, "trained 6 steps", seq_len=16, batch=4, restarts=5, steps=60)
+
+
+def test_search_attains_the_bound_when_it_is_exact():
+    """Zero out-projections: f(x) = scale * lm_head((1-a)^(2N) x), a tokenwise linear map whose inf-RMS
+    norm is exactly the bound. The search must find it (it is not toothless)."""
+    model = capped_model(make_hp(n_layer=2, d_model=32, n_head=2, fls=2.0), 1.5, seed=2, lm_head_w_max=1.3)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.attn.o.weight.zero_()
+            b.mlp.proj.weight.zero_()
+    rep = L.bound_report(model)
+    exact = (1 - 0.25) ** 4 * rep["lm_head_norm"] * 2.0
+    assert rep["bound_tight"] == pytest.approx(exact, rel=1e-12) and rep["bound"] == pytest.approx(exact, rel=1e-12)
+    found = L.worst_ratio(model, seq_len=4, batch=4, restarts=2, steps=60)
+    assert exact * 0.99 <= found <= exact * (1 + REL)
+
+
+# ------------------------------------------------------------------------------------------------
+# Where the paper's literal recursion fails for this architecture (and ours holds)
+
+
+def test_gelu_slope_mlp_attains_bound_and_beats_paper_literal():
+    """1 layer, attention off (W_O = 0), fc = 2sqrt2 [I;I;I;I], proj = [I I I I]/4: at x = all ones every
+    pre-activation is sqrt2, where gelu' is largest, so the MLP Jacobian is n(proj) n(fc) gelu'(sqrt2)/1.1289 I."""
+    hp = make_hp(n_layer=1, d_model=32, n_head=2)
+    model = tg.make_model(hp)
+    I = torch.eye(32)
+    set_weights(model, **{"blocks.0.attn.o": torch.zeros(32, 32),
+                          "blocks.0.mlp.fc": 2 * math.sqrt(2) * torch.cat([I] * 4),
+                          "blocks.0.mlp.proj": torch.cat([I] * 4, 1) / 4,
+                          "lm_head": math.sqrt(8) * torch.cat([I, torch.zeros(224, 32)])})
+    rep = L.bound_report(model)
+    eps = 1e-5
+    x1 = torch.ones(1, 4, 32, dtype=torch.float64) * (1 - eps)
+    x2 = torch.ones(1, 4, 32, dtype=torch.float64) * (1 - 2 * eps)
+    ratio = L.empirical_ratio(model, x1, x2)
+    assert ratio <= rep["bound_tight"] * (1 + REL)
+    assert ratio >= rep["bound_tight"] * (1 - 1e-7)  # attained: the bound is exact here
+    without_gelu_excess = 0.5 * (0.5 + 0.5 * 2 * math.sqrt(2) * 1.0)  # if gelu/1.1289 were 1-Lipschitz
+    assert ratio > without_gelu_excess * (1 + 1e-6)
+    assert ratio > rep["bound_paper_literal"] * 1.05  # MLP divided by 1.1289 once more: unsound
+
+
+def test_multihead_gather_exceeds_paper_literal_activation_bound():
+    """2 heads, 2 tokens. Head 0 reads coords 0-7, head 1 coords 8-15 (W_V a partial permutation, n(W_V)
+    = 1); huge s and control coords 16, 17 make head 0 of token 1 attend to token 0 and head 1 to token 1,
+    so y_1 gathers a full-size slice from each token: RMS(y_1) ~ sqrt2 r > n(W_V) r (paper's step)."""
+    hp = make_hp(n_layer=1, d_model=32, n_head=2, s=1e4)
+    model = tg.make_model(hp)
+    Wv, Wq, Wk = torch.zeros(32, 32), torch.zeros(32, 32), torch.zeros(32, 32)
+    for i in range(8):
+        Wv[i, i] = Wv[16 + i, 8 + i] = 1.0
+    # dim 7 of each head (RoPE pair (7, 15), the slowest rotation): q_1 = +g, k_0 = +-g, k_1 = -+g
+    Wq[7, 17] = Wq[16 + 7, 17] = 1.0
+    Wk[7, 16], Wk[7, 17], Wk[16 + 7, 16], Wk[16 + 7, 17] = 1.0, -1.0, -1.0, 1.0
+    Wo = torch.eye(32)[:, torch.cat([torch.arange(8), torch.arange(16, 24), torch.arange(8, 16), torch.arange(24, 32)])]
+    # W_O sends head 1's output slice (y coords 16-23) to coords 8-15: a permutation, n(W_O) = 1
+    set_weights(model, **{"blocks.0.attn.v": Wv, "blocks.0.attn.q": Wq, "blocks.0.attn.k": Wk,
+                          "blocks.0.attn.o": Wo, "blocks.0.mlp.proj": torch.zeros(32, 128)})
+    gamma = 0.3  # control coordinate; the rest of each token's norm goes into its value slice
+    x = torch.zeros(1, 2, 32)
+    x[0, 0, 16] = x[0, 1, 17] = gamma
+    rho = math.sqrt(32 - gamma ** 2)
+    x[0, 0, :8], x[0, 1, 8:16] = rho / math.sqrt(8), rho / math.sqrt(8)
+    assert L.inf_rms(x).item() == pytest.approx(1.0)
+    stats = []
+    model.logits_from_embeddings(x, stats=stats)
+    rep = L.bound_report(model)
+    row = rep["layers"][0]
+    observed = stats[0][1]
+    assert observed > 10 ** row["log10_r_out_paper_literal"] * 1.02  # the paper's activation bound fails
+    assert observed <= 10 ** row["log10_r_out"] * (1 + 1e-6)  # ours holds
+    # the per-head value path: sqrt(mean_h n_h(W_V)^2) = sqrt(2) here vs n(W_V) = 1
+    assert row["norms"]["v"] == pytest.approx(1.0) and row["norms"]["v_heads"] == pytest.approx([math.sqrt(2)] * 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The activation bound on real data
+
+
+@pytest.mark.parametrize("w_max,s", [(1.0, 8.0), (3.0, 8.0), (2.0, 50.0)])
+def test_activation_bound_holds_on_real_text(w_max, s):
+    tokens = shakespeare_tokens(16 * 64).view(16, 64)
+    model = capped_model(make_hp(n_layer=3, d_model=64, n_head=4, s=s, seq_len=64), w_max, seed=7)
+    with torch.no_grad():  # embedding rows at the cap (where training drives them)
+        model.embed.weight.mul_(100.0).copy_(constraints.cap_row_rms(model.embed.weight, model.hp.emb_w_max))
+    stats = []
+    with torch.no_grad():
+        model(tokens, stats=stats)
+    bounds = L.activation_bounds(model)
+    observed = [rms for _, rms in stats]
+    print("activation bound", [f"{o:.3f}/{b:.3f}" for o, b in zip(observed, bounds)])
+    assert len(observed) == len(bounds) == 3
+    for o, b in zip(observed, bounds):
+        assert o <= b * (1 + 1e-5)
+
+
+def test_activation_bound_holds_after_training(trained_model):
+    tokens = shakespeare_tokens(8 * 32).view(8, 32)
+    stats = []
+    with torch.no_grad():
+        trained_model(tokens, stats=stats)
+    for (_, o), b in zip(stats, L.activation_bounds(trained_model)):
+        assert o <= b * (1 + 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checking
+
+
+def test_empirical_ratio_checks_inputs_and_mutates_nothing():
+    model = capped_model(make_hp(), 1.0)
+    x1 = torch.randn(1, 4, 32) * 0.1
+    x2 = x1.clone() + 0.01
+    keep1, keep2 = x1.clone(), x2.clone()
+    r = L.empirical_ratio(model, x1, x2)
+    assert r > 0 and torch.equal(x1, keep1) and torch.equal(x2, keep2)
+    assert model.lm_head.weight.dtype == torch.float32  # the float64 copy is separate
+    with pytest.raises(ValueError, match="equal"):
+        L.empirical_ratio(model, x1, x1.clone())
+    with pytest.raises(ValueError, match="d_model=32"):
+        L.empirical_ratio(model, torch.zeros(1, 4, 16), torch.ones(1, 4, 16))
+    with pytest.raises(ValueError, match=">= 1"):
+        L.worst_pair(model, steps=0)
+    with pytest.raises(ValueError, match="speedrun"):
+        L.worst_pair(tg.make_model(make_hp(arch="speedrun")))
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/certify.py
+
+
+def test_certify_tool_prints_report_and_search(tmp_path, capsys):
+    from tools import certify
+    model = capped_model(make_hp(n_layer=2, d_model=32, n_head=2, fls=2.0), 1.5, seed=1)
+    path = str(tmp_path / "run.pt")
+    tg.save_checkpoint(path, model, [], model.hp, 7, 0.0)
+    assert certify.main([path, "--restarts", "2", "--steps", "10", "--seq_len", "8", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    rep = L.bound_report(model)
+    assert "step 7" in out and "attn_tight" in out and "cum_paper" in out
+    assert f"log10 {rep['log10_bound']:.4f}" in out and f"log10 {rep['log10_bound_tight']:.4f}" in out
+    assert "empirical worst ratio" in out and "tightness [tight]" in out
+    table = out.split("cum_tight\n")[1].splitlines()[:2]
+    assert [line.split()[0] for line in table] == ["0", "1"]  # one row per layer
+
+
+def test_certify_tool_clear_errors(tmp_path, capsys):
+    from tools import certify
+    assert certify.main([str(tmp_path / "missing.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert certify.main([str(tmp_path / "bad.pt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    torch.save({"model": {}}, tmp_path / "nohp.pt")
+    assert certify.main([str(tmp_path / "nohp.pt")]) == 2
+    assert "'hp'" in capsys.readouterr().err
+    sr = tg.make_model(make_hp(arch="speedrun"))
+    tg.save_checkpoint(str(tmp_path / "sr.pt"), sr, [], sr.hp, 1, 0.0)
+    assert certify.main([str(tmp_path / "sr.pt")]) == 0
+    assert "bound: inf" in capsys.readouterr().out

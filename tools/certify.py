@@ -1,0 +1,132 @@
+"""Certify a checkpoint: the certified Lipschitz bound, layer by layer, and the worst ratio a search finds.
+
+    python tools/certify.py checkpoints/RUN.pt [--restarts 5] [--steps 100] [--seq_len 16] [--batch 4]
+
+Prints, per layer: weight norms (RMS->RMS; q/k/v also the largest per-head norm), the activation
+bound r before and after the block, each sublayer's Lipschitz bound and the cumulative bound in both
+certified variants ("paper" = Theorem C.1 per head, "tight" = per-term form); then the totals and the
+largest ||f(x1)-f(x2)|| / ||x1-x2|| found by lipschitz.worst_pair, with tightness = found / bound.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+import sys
+import time
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import lipschitz  # noqa: E402
+import train_gpt as tg  # noqa: E402
+
+
+def load_model(path: str) -> tuple[tg.GPT, dict]:
+    """Rebuild the model saved by train_gpt.save_checkpoint; -> (model in eval mode, checkpoint dict)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file (train_gpt writes checkpoints/<run_id>.pt)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first}); "
+                         f"pass a .pt file written by train_gpt.save_checkpoint") from None
+    if not isinstance(state, dict) or not {"hp", "model"} <= set(state):
+        raise ValueError(f"{path}: checkpoint lacks the 'hp' and 'model' entries train_gpt.save_checkpoint writes")
+    try:
+        hp = tg.Hyperparameters(**state["hp"])
+    except TypeError as e:
+        raise ValueError(f"{path}: its hyperparameters do not match this train_gpt.py ({e})") from None
+    model = tg.make_model(hp)
+    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the model its hyperparameters describe ({e})") from None
+    return model.eval(), state
+
+
+def fmt(log10_value: float) -> str:
+    """A number given by its log10: plain when moderate, 1e+N.NN when astronomically large or small."""
+    if log10_value == -math.inf:
+        return "0"
+    if not math.isfinite(log10_value):
+        return "inf"
+    if -3 <= log10_value < 6:
+        return f"{10 ** log10_value:.4g}"
+    return f"1e{log10_value:+.2f}"
+
+
+def lg(x: float) -> float:
+    return math.log10(x) if x > 0 else -math.inf
+
+
+def report_table(rep: dict) -> str:
+    """The per-layer breakdown of lipschitz.bound_report as aligned text."""
+    cols = ["layer", "q", "k", "v", "q_h", "k_h", "v_h", "o", "fc", "proj", "r_in", "r_out",
+            "attn_paper", "attn_tight", "mlp", "cum_paper", "cum_tight"]
+    rows = []
+    for i, row in enumerate(rep["layers"]):
+        n = row["norms"]
+        rows.append([str(i)] + [f"{n[k]:.4g}" for k in ("q", "k", "v")]
+                    + [f"{max(n[k + '_heads']):.4g}" for k in ("q", "k", "v")]
+                    + [f"{n[k]:.4g}" for k in ("o", "fc", "proj")]
+                    + [fmt(row[k]) for k in ("log10_r_in", "log10_r_out", "log10_attn_paper", "log10_attn_tight",
+                                             "log10_mlp", "log10_cum_paper", "log10_cum_tight")])
+    widths = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--restarts", type=int, default=5, help="search restarts (each a batch of pairs)")
+    ap.add_argument("--steps", type=int, default=200, help="gradient-ascent steps per restart")
+    ap.add_argument("--seq_len", type=int, default=16, help="tokens per searched sequence")
+    ap.add_argument("--batch", type=int, default=4, help="pairs optimized together per restart")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        model, state = load_model(args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    hp = model.hp
+    print(f"checkpoint {args.checkpoint}: step {state.get('step', '?')}, arch {hp.arch}, {hp.n_layer} layers, "
+          f"d {hp.d_model}, {hp.n_head} heads of {hp.head_dim}, s {hp.attn_logit_scale}, "
+          f"constraint {hp.constraint} w_max {hp.w_max} lm_head_w_max {hp.lm_head_w_max} emb_w_max {hp.emb_w_max}")
+    rep = lipschitz.bound_report(model)
+    if rep["reason"] is not None:
+        print(f"certified Lipschitz bound: inf ({rep['reason']})")
+        return 0
+    print(f"inputs: embedding outputs with ||x||_inf-RMS <= {rep['radius']}; norms RMS->RMS, "
+          f"q_h/k_h/v_h = largest per-head norm; r = activation bound (inf-RMS)")
+    print(report_table(rep))
+    print(f"lm_head norm {rep['lm_head_norm']:.4g}, final logit scale {rep['final_logit_scale']:.4g}")
+    for key, name in (("paper", "log10_bound"), ("tight", "log10_bound_tight"),
+                      ("paper_literal", "log10_bound_paper_literal")):
+        print(f"bound [{key}] = {fmt(rep[name])} (log10 {rep[name]:.4f})  -- {rep['theorems'][key]}")
+    t0 = time.perf_counter()
+    res = lipschitz.worst_pair(model, seq_len=args.seq_len, batch=args.batch, restarts=args.restarts,
+                               steps=args.steps, seed=args.seed)
+    secs = time.perf_counter() - t0
+    print(f"empirical worst ratio {res.ratio:.6g} ({res.kind} restart; {args.restarts} restarts x {args.steps} "
+          f"steps, {secs:.1f}s); per restart: " + ", ".join(f"{k} {r:.4g}" for k, r in res.per_restart))
+    for key, name in (("tight", "log10_bound_tight"), ("paper", "log10_bound")):
+        print(f"tightness [{key}] = worst / bound = {fmt(lg(res.ratio) - rep[name])}")
+    if lg(res.ratio) > rep["log10_bound_tight"] + 1e-9:
+        print("UNSOUND: the search exceeded the certified bound", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
