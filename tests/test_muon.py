@@ -119,22 +119,22 @@ def test_shard_plan_gives_every_param_exactly_one_owner(world):
        momentum=st.floats(0.0, 0.99), lr=st.floats(1e-3, 0.5), wd=st.floats(0.0, 0.5),
        coeffs=st.sampled_from(sorted(ORTH_MAX_SINGULAR_VALUE)), seed=st.integers(0, 2 ** 16))
 def test_step_follows_momentum_nesterov_and_scaled_update(shape, nesterov, momentum, lr, wd, coeffs, seed):
-    """Two steps against the formula (float32), with lr and momentum changed by the caller between steps."""
+    """Two steps against the formula in float64, with lr and momentum changed by the caller between steps."""
     g = torch.Generator().manual_seed(seed)
-    p = torch.nn.Parameter(torch.randn(shape, generator=g))
+    p = torch.nn.Parameter(torch.randn(shape, generator=g, dtype=torch.float64))
     opt = Muon([p], lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd, constraint="none",
-               orthogonalizer=coeffs, orth_dtype=torch.float32)
-    w, buf = p.detach().clone(), torch.zeros(shape)
+               orthogonalizer=coeffs, orth_dtype=torch.float64)
+    w, buf = p.detach().clone(), torch.zeros(shape, dtype=torch.float64)
     for step in range(2):
         lr_t, mom_t = lr * (1 - 0.5 * step), momentum * (1 - 0.3 * step)
         opt.param_groups[0].update(lr=lr_t, momentum=mom_t)
-        grad = torch.randn(shape, generator=g)
+        grad = torch.randn(shape, generator=g, dtype=torch.float64)
         p.grad = grad.clone()
         opt.step()
         buf = mom_t * buf + (1 - mom_t) * grad
         u = (1 - mom_t) * grad + mom_t * buf if nesterov else buf
         w = (1 - lr_t * wd) * w - lr_t * math.sqrt(shape[-2] / shape[-1]) * constraints.msign(u, coeffs=coeffs)
-        torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.detach(), w, rtol=1e-10, atol=1e-12)
         assert torch.equal(p.grad, grad)  # the gradient is not modified
 
 
