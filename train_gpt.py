@@ -32,7 +32,7 @@ if ROOT not in sys.path:
 import constraints  # noqa: E402
 import lipschitz  # noqa: E402
 from data.shards import read_shard  # noqa: E402
-from muon import Muon  # noqa: E402
+from muon import Muon, default_orth_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # Hyperparameters. Every field can be set on the command line as --field=value.
@@ -89,8 +89,8 @@ class Hyperparameters:
     run_id: str = ""
     seed: int = 0
     # execution
-    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32" autocast
-    compile: str = "auto"  # torch.compile: "auto" (on CUDA), "yes", "no"
+    dtype: str = "auto"  # autocast: "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "bf16", "fp32"
+    compile: str = "auto"  # torch.compile each block: "auto" (on CUDA), "yes", "no"
     warmup_steps: int = -1  # untimed kernel warm-up steps, state restored after; -1 = 10 on CUDA, 0 on CPU
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
 
@@ -689,7 +689,8 @@ def load_checkpoint(path: str, model, optimizers) -> tuple[int, float]:
 
 
 def autocast_for(hp: Hyperparameters, device):
-    dtype = hp.dtype if hp.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    native_bf16 = default_orth_dtype(device) == torch.bfloat16  # CUDA, or a CPU with bf16 matmul units
+    dtype = hp.dtype if hp.dtype != "auto" else ("bf16" if native_bf16 else "fp32")
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"--dtype={hp.dtype!r}: use auto, bf16 or fp32")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -732,15 +733,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = make_model(hp).to(device)
     optimizers = make_optimizers(model, hp)
-    compiled = hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda")
-    run_model = torch.compile(model, dynamic=False) if compiled else model
+    if hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda"):
+        for block in model.blocks:  # masks are built eagerly; FlexAttention is fused inside each block
+            block.compile(dynamic=False)
 
     warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else 0)
     if warmup and not hp.resume:  # compile kernels untimed, then restore the initial state
         initial = dict(model=dict(model.state_dict()), opts=[o.state_dict() for o in optimizers])
         initial = torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, initial)
         for s in range(warmup):
-            train_step(run_model, optimizers, train, hp, s, rank, world, device, amp)
+            train_step(model, optimizers, train, hp, s, rank, world, device, amp)
         model.load_state_dict(initial["model"])
         for o, s in zip(optimizers, initial["opts"]):
             o.load_state_dict(s)
@@ -758,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict:
     while True:
         last = step == end_step
         if step % hp.val_every == 0 or step == hp.num_iterations:
-            val_loss, val_acc, stats = evaluate(run_model, val, hp, rank, world, device, amp, window_size(hp, step))
+            val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step))
             log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
             result.update(val_loss=val_loss, val_acc=val_acc)
         if step > start_step and (last or (hp.checkpoint_every and step % hp.checkpoint_every == 0)) and rank == 0:
@@ -766,7 +768,7 @@ def main(argv: list[str] | None = None) -> dict:
         if last:
             break
         t0 = time.perf_counter()
-        loss = train_step(run_model, optimizers, train, hp, step, rank, world, device, amp)
+        loss = train_step(model, optimizers, train, hp, step, rank, world, device, amp)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_ms += 1000 * (time.perf_counter() - t0)

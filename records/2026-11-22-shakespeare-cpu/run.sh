@@ -6,11 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-11-22-shakespeare-cpu
-STEPS=${1:-300}; shift || true
+STEPS=${1:-200}; shift || true
 SEEDS=${*:-0}
 [ -f data/tinyshakespeare/meta.json ] || python data/shakespeare.py --input ../shared/data/tinyshakespeare.txt --out data/tinyshakespeare
 COMMON=(--preset=shakespeare --train_files='data/tinyshakespeare/*train*.bin' --val_files='data/tinyshakespeare/*val*.bin'
-        --num_iterations="$STEPS" --val_every=50 --log_every=50 --dtype=bf16 --log_dir="$HERE/logs" --checkpoint_dir=/tmp/record-ckpt)
+        --num_iterations="$STEPS" --val_every=50 --log_every=25 --muon_momentum_warmup_steps=30 --dtype=bf16 --log_dir="$HERE/logs" --checkpoint_dir=/tmp/record-ckpt)
 run() { python train_gpt.py "${COMMON[@]}" "$@" || echo "run $* exited with $?"; }
 for seed in $SEEDS; do
   for w in 1 2 3; do
