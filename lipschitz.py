@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-GELU_DIVISOR = 1.1289  # train_gpt.GELU_MAX_SLOPE: the MLP computes gelu(h) / GELU_DIVISOR (tests check equality)
+GELU_DIVISOR = 1.1289  # train_gpt.GELU_DIVISOR: the MLP computes gelu(h) / GELU_DIVISOR (tests check equality)
 ATTN_OUT_DIVISOR = 3.0  # train_gpt.ATTN_OUT_DIVISOR: attention output divided by this before W_O
 # exact max of gelu'(x) = Phi(x) + x phi(x), attained at x = sqrt(2)
 GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)

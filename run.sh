@@ -9,10 +9,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -gt 0 ]; then
-    if ! ls data/fineweb10B/fineweb_val_*.bin >/dev/null 2>&1; then
-        "$PYTHON" data/cached_fineweb10B.py 8
-    fi
-    exec torchrun --standalone --nproc_per_node="$NGPU" train_gpt.py --preset=speedrun "$@"
+    "$PYTHON" data/cached_fineweb10B.py 8  # resumable; skips shards already present and valid
+    exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train_gpt.py --preset=speedrun "$@"
 fi
 
 echo "run.sh: no GPU found; training the Shakespeare preset on the CPU (see README)."

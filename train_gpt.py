@@ -7,7 +7,9 @@ throughout training. Read top to bottom: hyperparameters, model, data, optimizer
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import glob
 import json
 import math
@@ -94,6 +96,20 @@ class Hyperparameters:
     warmup_steps: int = -1  # untimed kernel warm-up steps, state restored after; -1 = 10 on CUDA, 0 on CPU
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
 
+    def __post_init__(self):
+        choices = dict(arch=("lipschitz", "speedrun"), sample=("random", "sequential"), optimizer=("muon", "adamw"),
+                       dtype=("auto", "bf16", "fp32"), compile=("auto", "yes", "no"))
+        for key, ok in choices.items():
+            if getattr(self, key) not in ok:
+                raise ValueError(f"--{key}={getattr(self, key)!r}: use one of {', '.join(ok)}")
+        for key in ("seq_len", "batch_size", "micro_batch_size", "val_every", "log_every", "val_tokens",
+                    "num_iterations"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"--{key}={getattr(self, key)} must be > 0")
+        if self.optimizer == "adamw" and self.constraint == "soft_cap":
+            raise ValueError("--constraint=soft_cap is coupled to Muon's bounded update and caps nothing under "
+                             "AdamW; use --constraint=spectral_normalize, hard_cap, svd_cap or none")
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Hyperparameters":
         if name not in PRESETS:
@@ -155,7 +171,7 @@ PRESETS = {
 # -----------------------------------------------------------------------------
 # Model. Weights are stored (d_out, d_in); norms are RMS->RMS: ||W||_* = sqrt(d_in/d_out) sigma_max(W).
 
-GELU_MAX_SLOPE = 1.1289  # ~max derivative of GELU (1.1289041): gelu/1.1289 is 1.0000037-Lipschitz, |.| <= |x|
+GELU_DIVISOR = 1.1289  # ~max slope of GELU (1.1289041): gelu/1.1289 is 1.0000037-Lipschitz and |.| <= |x|
 ATTN_OUT_DIVISOR = 3.0  # attention output divided by 3 before W_O (paper's Lipschitz attention)
 
 
@@ -193,18 +209,18 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
-def attention_mask_mod(docs: torch.Tensor | None, window: int):
-    """mask_mod(b, h, q, kv) -> bool: causal, same document, within `window` tokens (0 = unlimited).
+def attention_mask_mod(docs: torch.Tensor | None, window: torch.Tensor):
+    """mask_mod(b, h, q, kv) -> bool: causal, same document, fewer than `window` tokens back.
 
-    Written in broadcasting tensor ops so the same function builds FlexAttention block masks (CUDA)
-    and dense SDPA masks (CPU)."""
+    `window` is a 0-d tensor (a Python int in the closure would be a compile-time constant: one recompile
+    per value of the window schedule). Written in broadcasting tensor ops so the same function builds
+    FlexAttention block masks (CUDA) and dense SDPA masks (CPU). The window is token-exact; the speedrun
+    counted it in 128-token blocks, which window_size() reproduces by rounding to multiples of 128."""
 
     def mask_mod(b, h, q_idx, kv_idx):
-        keep = q_idx >= kv_idx
+        keep = (q_idx >= kv_idx) & (q_idx - kv_idx < window)
         if docs is not None:
             keep = keep & (docs[b, q_idx] == docs[b, kv_idx])
-        if window > 0:
-            keep = keep & (q_idx - kv_idx < window)
         return keep
 
     return mask_mod
@@ -223,6 +239,16 @@ def use_flex_attention(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+@functools.cache
+def flex_ops(compiled: bool):
+    """(create_block_mask, flex_attention), compiled on CUDA: eager create_block_mask materialises the dense
+    (B, 1, T, T) mask and eager flex_attention the full score matrix (tens of GB at T = 48K)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if not compiled:
+        return create_block_mask, flex_attention
+    return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
+
+
 class AttentionMask:
     """One attention pattern for a batch, in the form the attention backend wants."""
 
@@ -231,18 +257,18 @@ class AttentionMask:
         docs = (idx == bos_token).cumsum(dim=1) if bos_token >= 0 else None
         self.causal_only = docs is None and (window <= 0 or window >= T)
         self.flex = use_flex_attention(idx.device) if flex is None else flex
-        mask_mod = attention_mask_mod(docs, window)
+        window_t = torch.tensor(window if 0 < window < T else T, device=idx.device)
+        mask_mod = attention_mask_mod(docs, window_t)
+        self.ops = flex_ops(idx.is_cuda) if self.flex else None
         if self.flex:
-            from torch.nn.attention.flex_attention import create_block_mask
-            self.block_mask = create_block_mask(mask_mod, B, None, T, T, device=idx.device)
+            self.block_mask = self.ops[0](mask_mod, B, None, T, T, device=idx.device)
         elif not self.causal_only:
             self.dense = dense_mask(mask_mod, B, T, idx.device)
 
     def attend(self, q, k, v, scale: float):
         """q, k, v: (B, H, T, D) -> (B, H, T, D)."""
         if self.flex:
-            from torch.nn.attention.flex_attention import flex_attention
-            return flex_attention(q, k, v, block_mask=self.block_mask, scale=scale)
+            return self.ops[1](q, k, v, block_mask=self.block_mask, scale=scale)
         if self.causal_only:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense, scale=scale)
@@ -285,7 +311,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.fc(x)
-        h = F.gelu(h) / GELU_MAX_SLOPE if self.arch == "lipschitz" else F.relu(h).square()
+        h = F.gelu(h) / GELU_DIVISOR if self.arch == "lipschitz" else F.relu(h).square()
         return self.proj(h)
 
 
@@ -554,23 +580,29 @@ def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
 
 @torch.no_grad()
 def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, device, amp, window):
-    """-> (val loss, val acc, per-layer activation stats) over hp.val_tokens tokens of the val split."""
-    n_seq = max(world, hp.val_tokens // hp.seq_len)
-    n_seq -= n_seq % world
-    mine = range(rank * (n_seq // world), (rank + 1) * (n_seq // world))
+    """-> (val loss, val acc, per-layer (max |entry|, max token RMS) of the residual stream) over the first
+    hp.val_tokens tokens of the val split: the same sequences for any world size."""
+    n_seq = max(1, hp.val_tokens // hp.seq_len)
+    if n_seq * hp.seq_len + 1 > val.total:
+        raise ValueError(f"--val_tokens={hp.val_tokens} exceeds the {val.total} tokens of the val split; lower it")
+    mine = range(rank * n_seq // world, (rank + 1) * n_seq // world)  # shares may differ by one
     loss_sum = correct = count = 0.0
-    stats: list = []
+    stats = torch.zeros(hp.n_layer, 2, device=device, dtype=torch.float64)
     for i in range(0, len(mine), hp.micro_batch_size):
         rows = [val.window(s * hp.seq_len, hp.seq_len + 1) for s in mine[i:i + hp.micro_batch_size]]
         buf = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
         x, y = buf[:, :-1], buf[:, 1:]
+        layer_stats: list = []
         with amp:
-            logits = model(x, window, stats=stats if i == 0 else None)[..., :hp.vocab_size]
+            logits = model(x, window, stats=layer_stats)[..., :hp.vocab_size]
+        stats = torch.maximum(stats, torch.tensor(layer_stats, device=device, dtype=torch.float64))
         loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
         count += y.numel()
     loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], world, device)
-    return loss_sum / count, correct / count, stats
+    if world > 1:
+        dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+    return loss_sum / count, correct / count, stats.tolist()
 
 
 @torch.no_grad()
@@ -602,7 +634,9 @@ def project_sources() -> list[str]:
         if not (isinstance(f, str) and os.path.isabs(f) and f.endswith(".py") and os.path.isfile(f)):
             continue
         rel = os.path.relpath(f, ROOT)
-        if not rel.startswith("..") and rel.split(os.sep)[0] not in ("tests", ".venv") and f not in paths:
+        if rel.startswith("..") or rel.split(os.sep)[0] == "tests" or "site-packages" in rel.split(os.sep):
+            continue
+        if f not in paths:
             paths.append(f)
     return paths
 
@@ -630,7 +664,8 @@ class Logger:
         with open(self.path, "a" if resumed else "w") as f:
             if not resumed:
                 for src in project_sources():
-                    f.write(f"# {os.path.relpath(src, ROOT)}\n{open(src).read()}\n{SEPARATOR}\n")
+                    with open(src) as code:
+                        f.write(f"# {os.path.relpath(src, ROOT)}\n{code.read()}\n{SEPARATOR}\n")
                 f.write(hardware_summary(device) + f"\n{SEPARATOR}\n")
             config = dict(dataclasses.asdict(hp), world_size=world, tokens_per_step=hp.batch_size * hp.seq_len)
             f.write("config: " + json.dumps(config, sort_keys=True) + "\n")
@@ -665,23 +700,53 @@ def log_validation(log: Logger, model: GPT, hp: Hyperparameters, step: int, val_
 
 
 def save_checkpoint(path: str, model, optimizers, hp: Hyperparameters, step: int, train_ms: float):
+    """Rank 0's view: model, optimizer states, step (which fixes the loader position) and RNG."""
     state = dict(step=step, train_ms=train_ms, hp=dataclasses.asdict(hp), model=model.state_dict(),
                  optimizers=[opt.state_dict() for opt in optimizers], rng=torch.get_rng_state())
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def load_checkpoint(path: str, model, optimizers) -> tuple[int, float]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume={path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+# Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
+RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "log_dir", "checkpoint_dir", "checkpoint_every", "log_every",
+                     "val_every", "compile", "warmup_steps", "micro_batch_size"}
+
+
+def read_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume={path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"--resume={path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def check_resumable(saved: dict, hp: Hyperparameters, path: str):
+    diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(hp).items()
+            if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
+    if diff:
+        raise ValueError(f"--resume={path}: hyperparameters differ from the checkpoint (saved, given): {diff}; "
+                         f"pass the checkpoint's values or start a new run")
+
+
+def load_checkpoint(state: dict, model, optimizers) -> tuple[int, float]:
     model.load_state_dict(state["model"])
+    if len(state["optimizers"]) != len(optimizers):
+        raise ValueError(f"checkpoint has {len(state['optimizers'])} optimizers, this run {len(optimizers)}")
     for opt, s in zip(optimizers, state["optimizers"]):
         opt.load_state_dict(s)
     torch.set_rng_state(state["rng"])
     return state["step"], state["train_ms"]
+
+
+def weights_finite(model: nn.Module) -> bool:
+    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
 
 
 # -----------------------------------------------------------------------------
@@ -721,6 +786,10 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world, device = setup_distributed()
     micro_batch_size(hp, world)  # validates the batch geometry before any work
     hp.vocab_size = read_vocab_size(hp)
+    saved = read_checkpoint(hp.resume) if hp.resume else None
+    if saved is not None:
+        hp.run_id = hp.run_id or saved["hp"]["run_id"]  # continue the same log and checkpoint
+        check_resumable(saved["hp"], hp, hp.resume)
     if not hp.run_id:
         hp.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         if world > 1:  # every rank must agree on the run id
@@ -738,9 +807,8 @@ def main(argv: list[str] | None = None) -> dict:
             block.compile(dynamic=False)
 
     warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else 0)
-    if warmup and not hp.resume:  # compile kernels untimed, then restore the initial state
-        initial = dict(model=dict(model.state_dict()), opts=[o.state_dict() for o in optimizers])
-        initial = torch.utils._pytree.tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, initial)
+    if warmup and not saved:  # compile kernels untimed, then restore the initial state
+        initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
         for s in range(warmup):
             train_step(model, optimizers, train, hp, s, rank, world, device, amp)
         model.load_state_dict(initial["model"])
@@ -748,23 +816,30 @@ def main(argv: list[str] | None = None) -> dict:
             o.load_state_dict(s)
 
     start_step, train_ms = 0, 0.0
-    if hp.resume:
-        start_step, train_ms = load_checkpoint(hp.resume, model, optimizers)
-    log = Logger(hp, rank, world, device, resumed=bool(hp.resume))
+    if saved:
+        start_step, train_ms = load_checkpoint(saved, model, optimizers)
+        if start_step > hp.num_iterations:
+            raise ValueError(f"--resume={hp.resume} is at step {start_step}, past --num_iterations={hp.num_iterations}")
+    log = Logger(hp, rank, world, device, resumed=bool(saved))
     ckpt_path = os.path.join(hp.checkpoint_dir, f"{hp.run_id}.pt")
     end_step = hp.num_iterations if not hp.max_steps_this_run else min(
         hp.num_iterations, start_step + hp.max_steps_this_run)
 
     result: dict = {"run_id": hp.run_id, "log": log.path, "checkpoint": ckpt_path}
-    timed_steps, step = 0, start_step
+    timed_steps, step = start_step, start_step  # train_ms is cumulative over resumes, and so is the count
     while True:
-        last = step == end_step
-        if step % hp.val_every == 0 or step == hp.num_iterations:
+        last = step >= end_step
+        if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
             val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step))
-            log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
+            if rank == 0:
+                log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
             result.update(val_loss=val_loss, val_acc=val_acc)
-        if step > start_step and (last or (hp.checkpoint_every and step % hp.checkpoint_every == 0)) and rank == 0:
-            save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms)
+        if step > start_step and (last or (hp.checkpoint_every and step % hp.checkpoint_every == 0)):
+            if not weights_finite(model):  # identical weights on every rank, so every rank stops here
+                raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "
+                                         f"overwriting the last good checkpoint {ckpt_path}")
+            if rank == 0:
+                save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms)
         if last:
             break
         t0 = time.perf_counter()
@@ -777,9 +852,9 @@ def main(argv: list[str] | None = None) -> dict:
         loss_value = all_reduce_sum([loss.item()], world, device)[0] / world
         if not math.isfinite(loss_value):
             log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value}")
-            raise FloatingPointError(
-                f"training loss became {loss_value} at step {step}; stopping. The last good checkpoint "
-                f"(if any) is {ckpt_path}; try a smaller learning rate or a tighter --w_max")
+            kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
+            raise FloatingPointError(f"training loss became {loss_value} at step {step}; stopping ({kept}). "
+                                     f"Try a smaller learning rate or a tighter --w_max")
         if step % hp.log_every == 0 or step == end_step:
             log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
                 f"step_avg:{train_ms / timed_steps:.2f}ms")
@@ -795,5 +870,8 @@ if __name__ == "__main__":
     try:
         main()
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        if dist.is_initialized():
+            dist.destroy_process_group()
         sys.exit(2)

@@ -100,12 +100,12 @@ def oracle_bound(model, variant):
 
 
 def test_constants_match_train_gpt_and_gelu():
-    assert L.GELU_DIVISOR == tg.GELU_MAX_SLOPE and L.ATTN_OUT_DIVISOR == tg.ATTN_OUT_DIVISOR
+    assert L.GELU_DIVISOR == tg.GELU_DIVISOR and L.ATTN_OUT_DIVISOR == tg.ATTN_OUT_DIVISOR
     x = torch.linspace(-6, 6, 200001, dtype=torch.float64, requires_grad=True)
     F.gelu(x).sum().backward()
     slope = x.grad.abs().max().item()
     assert slope == pytest.approx(L.GELU_MAX_SLOPE, rel=1e-9)
-    assert L.GELU_MAX_SLOPE > tg.GELU_MAX_SLOPE  # 1.1289 is rounded down: gelu/1.1289 is not 1-Lipschitz
+    assert L.GELU_MAX_SLOPE > tg.GELU_DIVISOR  # 1.1289 is rounded down: gelu/1.1289 is not 1-Lipschitz
     assert 1 < L.MLP_ACT_LIPSCHITZ < 1 + 4e-6
 
 
