@@ -209,9 +209,10 @@ def test_every_constrained_matrix_satisfies_its_cap_after_every_step(method):
             for p in group["params"]:
                 worst = max(worst, (rms_norm_op_svd(p.detach()) / group["w_max"]).max().item())
     # soft cap: exact given the coupling; hard cap: two msign evaluations (approximate near s = w_max);
-    # spectral normalize: 2 warm-started power iterations per step, whose estimate can trail a top
-    # direction that random high-rank steps keep moving (1.3% over seen here; the paper saw ~10%).
-    tol = {"soft_cap": 1e-4, "hard_cap": 1e-2, "spectral_normalize": 2e-2}[method]
+    # spectral normalize: its guarantee (1e-3 after warm-started use). Block power iteration trailed the
+    # top direction that random high-rank steps keep moving by up to ~2% (the paper saw ~10% with 2
+    # iterations); the block Krylov estimate with kept Ritz vectors holds it.
+    tol = {"soft_cap": 1e-4, "hard_cap": 1e-2, "spectral_normalize": 1e-3}[method]
     assert 0.9 < worst <= 1 + tol, f"{method}: largest norm/cap after a step {worst:.5f}"
 
 
