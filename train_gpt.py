@@ -123,6 +123,11 @@ class Hyperparameters:
     @classmethod
     def from_args(cls, argv: list[str]) -> "Hyperparameters":
         """Parse `--field=value` arguments (with `--preset=name` applied first)."""
+        if any(a in ("-h", "--help") for a in argv):
+            print(__doc__.strip() + "\n\nHyperparameters (--field=value; presets: " + ", ".join(PRESETS) + "):")
+            for f in dataclasses.fields(cls):
+                print(f"  --{f.name}={f.default!r}")
+            raise SystemExit(0)
         kv = {}
         for arg in argv:
             if not (arg.startswith("--") and "=" in arg):
