@@ -558,13 +558,13 @@ def _curve_plot(plt, groups, path, key, xkey, xlabel, ylabel, title, logy=False)
     if logy and drawn:
         ax.set_yscale("log")
     if drawn:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.2))  # below the axes: never hides data
     else:
         ax.text(0.5, 0.5, f"no run logs {key}", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -590,14 +590,14 @@ def _frontier_plot(plt, groups, path):
                         capsize=3, label=f"{label} (n={len(used)})")
         drawn = True
     if drawn:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.2))  # below the axes: never hides data
     else:
         ax.text(0.5, 0.5, "no finite final val loss", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="log10 certified Lipschitz bound", ylabel="final val loss",
            title="loss vs certified bound (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
