@@ -16,12 +16,12 @@ huggingface_hub's retry loop. Mirrors: set HF_ENDPOINT.
 import argparse
 import os
 import sys
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # so `python data/cached_fineweb10B.py` can import the `data` package
     sys.path.insert(0, ROOT)
 
+from data.net import describe, unreachable_reason  # noqa: E402
 from data.shards import ShardError, read_header  # noqa: E402
 
 REPO_ID = "kjj0/fineweb10B-gpt2"
@@ -51,11 +51,6 @@ def shard_problem(path):
         return str(e)
 
 
-def _describe(error, limit=300):
-    """One line: the exception type and its message, whitespace collapsed."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
-
-
 def _hub_help(endpoint):
     return (f"The machine appears to be offline or {endpoint} is unreachable. Connect to the internet "
             "(or set HF_ENDPOINT to a reachable mirror) and rerun the same command: shards already "
@@ -67,8 +62,7 @@ def check_hub_reachable(url, timeout=DEFAULT_TIMEOUT):
     """Raise HubUnreachable unless `url` answers an HTTP HEAD within ~`timeout` seconds.
 
     Any HTTP status counts as reachable (errors like 404 are reported by the download itself).
-    Uses huggingface_hub's own HTTP session (same proxies/certificates) without its retries,
-    in a daemon thread so that even a hanging DNS lookup cannot stall us.
+    Uses huggingface_hub's own HTTP session (same proxies/certificates) without its retries.
     """
     from huggingface_hub import constants
     from huggingface_hub.utils import get_session
@@ -76,20 +70,8 @@ def check_hub_reachable(url, timeout=DEFAULT_TIMEOUT):
     if constants.is_offline_mode():
         raise HubUnreachable("HF_HUB_OFFLINE is set, so huggingface_hub will not download. "
                              "Unset HF_HUB_OFFLINE and rerun with network access.")
-    outcome = {}
-
-    def probe():
-        try:
-            get_session().head(url, timeout=timeout, follow_redirects=False)
-            outcome["ok"] = True
-        except Exception as e:  # connection refused, DNS failure, TLS, timeout, proxy: all "unreachable"
-            outcome["error"] = _describe(e)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if "ok" not in outcome:
-        reason = outcome.get("error", f"no answer within {timeout:g} s")
+    reason = unreachable_reason(lambda: get_session().head(url, timeout=timeout, follow_redirects=False), timeout)
+    if reason is not None:
         raise HubUnreachable(f"cannot reach the Hugging Face Hub ({reason}). "
                              f"{_hub_help(constants.ENDPOINT)}")
 
@@ -133,7 +115,7 @@ def download(num_train=DEFAULT_NUM_TRAIN, local_dir=DEFAULT_DIR, timeout=DEFAULT
             path = hf_hub_download(repo_id=REPO_ID, filename=name, repo_type="dataset", local_dir=local_dir,
                                    etag_timeout=timeout, force_download=force)
         except Exception as e:  # the Hub went away mid-run, file missing upstream, disk full, ...
-            raise HubUnreachable(f"downloading {name} failed ({_describe(e)}). Check the connection "
+            raise HubUnreachable(f"downloading {name} failed ({describe(e)}). Check the connection "
                                  "(or HF_ENDPOINT) and rerun the same command to resume.") from None
         problem = shard_problem(path)
         if problem is not None:

@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # so `python data/shakespeare.py` can import the `data` package
@@ -39,6 +38,7 @@ if ROOT not in sys.path:  # so `python data/shakespeare.py` can import the `data
 
 import numpy as np  # noqa: E402
 
+from data.net import describe, unreachable_reason  # noqa: E402
 from data.shards import write_shard  # noqa: E402
 
 DEFAULT_OUT = os.path.join(ROOT, "data", "shakespeare")
@@ -119,31 +119,11 @@ def _gpt2_files_cached(cache_dir):
         for url in GPT2_FILE_URLS)
 
 
-def _describe(error, limit=200):
-    """One line: the exception type and its message, whitespace collapsed."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:limit]}"
-
-
 def _unreachable_reason(url, timeout):
-    """None if `url` answers an HTTP HEAD within ~`timeout` seconds (any status), else why not.
-
-    Uses requests, tiktoken's own HTTP client (same proxies and certificates), in a daemon thread
-    so that even a hanging DNS lookup cannot stall us past the deadline.
-    """
+    """None if `url` answers an HTTP HEAD within ~`timeout` s, else why not. Uses requests, tiktoken's
+    own HTTP client (same proxies and certificates)."""
     import requests
-    outcome = {}
-
-    def probe():
-        try:
-            requests.head(url, timeout=timeout, allow_redirects=False)
-            outcome["ok"] = True
-        except Exception as e:  # DNS, refused, TLS, proxy, timeout: all mean "unreachable"
-            outcome["error"] = _describe(e)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    return None if "ok" in outcome else outcome.get("error", f"no answer within {timeout:g} s")
+    return unreachable_reason(lambda: requests.head(url, timeout=timeout, allow_redirects=False), timeout)
 
 
 def load_gpt2_encoding(timeout=5.0):
@@ -168,7 +148,7 @@ def load_gpt2_encoding(timeout=5.0):
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # network, hash mismatch, ... : all mean the same thing to the user
-        raise TokenizerUnavailable(f"cannot load the GPT-2 tokenizer ({_describe(e)}). "
+        raise TokenizerUnavailable(f"cannot load the GPT-2 tokenizer ({describe(e)}). "
                                    f"{fix}") from None
 
 
