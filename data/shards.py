@@ -11,13 +11,14 @@ so a valid file is exactly 1024 + 2 * count bytes. A shard holds at least one to
 header against the file size. Every defect raises `ShardError`, a `ValueError` whose message names
 the file and what is wrong; a missing file raises `ShardNotFoundError`, which is both a
 `ShardError` and a `FileNotFoundError` and says how to build the shards.
-`write_shard` writes to a temporary file in the same directory and renames it into place, so a
-crash never leaves a half-written shard under the final name.
+`write_shard` writes atomically (data/files.py), so a crash never leaves a half-written shard under the
+final name.
 """
 import os
-import tempfile
 
 import numpy as np
+
+from data.files import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -78,20 +79,13 @@ def write_shard(path, tokens):
     """
     body = _as_tokens(tokens)
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
             f.write(make_header(body.size).tobytes())
             f.write(body.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shards are ordinary data files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

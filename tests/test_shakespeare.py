@@ -125,7 +125,7 @@ def test_cli_help_states_the_split():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(tokenizer="char"), "tokenizer must be one of"),
+    (dict(tokenizer="word"), "tokenizer must be one of"),
     (dict(val_fraction=0.0), "val_fraction must be a number strictly between 0 and 1"),
     (dict(val_fraction=1.5), "val_fraction must be a number strictly between 0 and 1"),
 ])
@@ -168,6 +168,92 @@ def test_split_point_whole_documents_is_nearest_interior_boundary(lengths, val_f
     assert cut in bounds
     assert abs(cut - target) == min(abs(b - target) for b in bounds)
     assert shakespeare.split_point(lengths, val_fraction, whole_documents=False) == target
+
+
+# --------------------------------------------------------------------------- char tokenizer
+
+def read_meta(out_dir):
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        return json.load(f)
+
+
+def all_tokens(info):
+    return np.concatenate([read_shard(info["train_path"], vocab_size=info["vocab_size"]),
+                           read_shard(info["val_path"], vocab_size=info["vocab_size"])])
+
+
+def test_char_tokenizer_on_tiny_shakespeare_is_the_papers_vocabulary(tmp_path):
+    if not os.path.isfile(TINY):
+        pytest.skip(f"tiny shakespeare not found at {TINY}")
+    with open(TINY, encoding="utf-8") as f:
+        text = f.read()
+    info = shakespeare.build(input_path=TINY, out_dir=str(tmp_path), tokenizer="char")
+    meta = read_meta(str(tmp_path))
+    chars = sorted(set(text))  # char-rnn / nanoGPT shakespeare_char: sorted(list(set(data)))
+    assert info["vocab_size"] == meta["vocab_size"] == len(meta["chars"]) == len(chars) == 65
+    assert meta["chars"] == chars and meta["tokenizer"] == "char"
+    stoi = {c: i for i, c in enumerate(chars)}
+    tokens = all_tokens(info)
+    assert tokens.tolist() == [stoi[c] for c in text]
+    assert info["train_tokens"] == int(TINY_CHARS * 0.9) == 1_003_854  # same split as the byte shards
+    assert shakespeare.decoder(meta)(tokens) == text
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), min_size=2, max_size=300))
+def test_char_build_round_trips_any_text(tmp_path_factory, text):
+    d = tmp_path_factory.mktemp("char")
+    src = d / "in.txt"
+    src.write_bytes(text.encode("utf-8"))
+    info = shakespeare.build(input_path=str(src), out_dir=str(d / "o"), tokenizer="char")
+    meta = read_meta(str(d / "o"))
+    assert "".join(meta["chars"]) == "".join(sorted(set(text))) and meta["vocab_size"] == len(set(text))
+    train = read_shard(info["train_path"], vocab_size=meta["vocab_size"])
+    decode = shakespeare.decoder(meta)
+    assert len(train) == int(len(text) * 0.9)  # split in characters, as the byte split is in bytes
+    assert decode(train) + decode(read_shard(info["val_path"])) == text
+
+
+def test_char_build_of_the_works_matches_the_byte_build(package_build, tmp_path):
+    byte_info, byte_out = package_build
+    info = shakespeare.build(out_dir=str(tmp_path), tokenizer="char")
+    meta = read_meta(str(tmp_path))
+    text = (shard_bytes(byte_info["train_path"]) + shard_bytes(byte_info["val_path"])).decode("utf-8")
+    assert meta["chars"] == sorted(set(text))  # separators included
+    assert shakespeare.decoder(meta)(all_tokens(info)) == text
+    if text.isascii():  # one byte per character: the whole-works split must be the byte build's
+        assert info["val_documents"] == byte_info["val_documents"]
+        assert info["train_tokens"] == byte_info["train_tokens"]
+
+
+def test_char_tokenizer_rejects_non_utf8_input_clearly(tmp_path):
+    src = tmp_path / "latin1.txt"
+    src.write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 5)
+    with pytest.raises(ValueError, match=r"latin1.txt is not valid UTF-8.*--tokenizer byte takes any bytes"):
+        shakespeare.build(input_path=str(src), out_dir=str(tmp_path / "o"), tokenizer="char")
+    assert not (tmp_path / "o").exists()
+    assert shakespeare.main(["--input", str(src), "--out", str(tmp_path / "o"), "--tokenizer", "char"]) == 1
+
+
+def test_char_cli_reports_the_vocabulary(tmp_path):
+    src = tmp_path / "play.txt"
+    src.write_text("To be, or not to be.\n" * 10, encoding="utf-8")
+    r = subprocess.run([sys.executable, "data/shakespeare.py", "--tokenizer", "char", "--input", str(src),
+                        "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"tokenizer: char (vocab {len(set(src.read_text()))})" in r.stdout
+
+
+def test_decoder_inverts_the_byte_tokenizer_and_refuses_unknown_meta(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("Æ ß €, wherefore art thou\n" * 4, encoding="utf-8")
+    info = shakespeare.build(input_path=str(src), out_dir=str(tmp_path / "o"))
+    meta = read_meta(str(tmp_path / "o"))
+    assert shakespeare.decoder(meta)(all_tokens(info)) == src.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="tokenizer 'word'"):
+        shakespeare.decoder({"tokenizer": "word"})
+    with pytest.raises(ValueError, match="lists 2 chars but vocab_size is 3"):
+        shakespeare.decoder({"tokenizer": "char", "chars": ["a", "b"], "vocab_size": 3})
 
 
 # --------------------------------------------------------------------------- GPT-2 tokenizer
