@@ -6,13 +6,13 @@ server on loopback. Tests with the real text use the shared copy when present an
 """
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from net_fakes import Listener
 
 from data import tinyshakespeare as ts
 
@@ -43,39 +43,6 @@ def assert_one_clear_error(r, *phrases):
     assert err.startswith("error: ") and err.count("error: ") == 1 and "\n" not in err, err
     for phrase in phrases:
         assert phrase in err, err
-
-
-class Listener:
-    """A loopback TCP port that counts connections and either closes each at once or never answers."""
-
-    def __init__(self, answer_never):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.answer_never, self.connections, self.held = answer_never, 0, []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed by __exit__
-                return
-            self.connections += 1
-            if self.answer_never:
-                self.held.append(conn)
-            else:
-                conn.close()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 class TextServer:
