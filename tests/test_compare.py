@@ -326,7 +326,7 @@ def test_cli_reports_bad_files_and_keeps_others(tmp_path, capsys):
     write(tmp_path / "runs" / "speedrun" / "x.txt", speedrun_log(3.28))
     (tmp_path / "runs" / "garbage.txt").write_bytes(bytes(range(256)))
     (tmp_path / "runs" / "empty.txt").write_bytes(b"")
-    (tmp_path / "runs" / "notes.md").write_text("not a .txt file: never read")
+    (tmp_path / "runs" / "notes.md").write_text("step:1/2 val_loss:3.0 looks like a log line, but a .md holds no log")
     plots = tmp_path / "plots"
     code = compare.main([str(tmp_path / "runs"), "--plots", str(plots), "--baseline", "speedrun"])
     out, err = capsys.readouterr()
@@ -334,7 +334,8 @@ def test_cli_reports_bad_files_and_keeps_others(tmp_path, capsys):
     err_lines = err.splitlines()
     assert any("garbage.txt" in e and "binary file" in e for e in err_lines)
     assert any("empty.txt" in e and "empty file" in e for e in err_lines)
-    assert "notes.md" not in err
+    assert any("notes.md" in e and "not a log file" in e for e in err_lines)  # every skip is named
+    assert err_lines[-len(compare.PLOT_FILES) - 1] == "compare.py: read 4 log(s), skipped 3 file(s)"
     assert "| preset=shakespeare arch=lipschitz constraint=soft_cap w_max=1.0 | 3 |" in out
     assert "speedrun (" in out and "baseline: speedrun (" in out
     for name in compare.PLOT_FILES:
