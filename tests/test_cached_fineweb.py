@@ -8,19 +8,14 @@ clear message (no retry loop), never how long it took.
 """
 import hashlib
 import os
-import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from net_fakes import Listener
+from download_helpers import FileServer, Listener, assert_one_clear_error, run_script
 
 from data import cached_fineweb10B as fw
 from data.shards import make_header, read_shard, write_shard
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_PREFIX = "/datasets/kjj0/fineweb10B-gpt2/resolve/main/"
 
 
@@ -28,19 +23,12 @@ def run(args, tmp_path, **env_overrides):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1")
     env.update(env_overrides)
-    # the timeout only turns a hang into a failure; the tests assert behaviour, never elapsed time
-    return subprocess.run([sys.executable, "data/cached_fineweb10B.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_script("data/cached_fineweb10B.py", args, env)
 
 
 def assert_clear_failure(r, *phrases):
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout
+    assert_one_clear_error(r, *phrases)
     assert "Retrying" not in r.stderr  # no huggingface_hub retry loop
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and err.count("error: ") == 1, err  # one message
-    for phrase in phrases:
-        assert phrase in err, err
 
 
 def fake_shard_bytes(n, seed, magic_ok=True):
@@ -118,58 +106,21 @@ def test_bad_arguments():
 
 # --------------------------------------------------------------------------- a stand-in Hub on loopback
 
-class FakeHub:
+class FakeHub(FileServer):
     """Serves `files` (name -> bytes) at the Hub's resolve URLs of the dataset, and records requests."""
 
     def __init__(self, files):
-        self.files, self.requests = files, []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, with_body):
-                hub.requests.append((self.command, self.path))
-                name = self.path[len(REPO_PREFIX):] if self.path.startswith(REPO_PREFIX) else None
-                body = hub.files.get(name)
-                if body is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", "0" * 40)
-                self.send_header("ETag", '"%s"' % hashlib.sha1(body).hexdigest())
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(body)
-
-            def do_HEAD(self):
-                self._reply(False)
-
-            def do_GET(self):
-                self._reply(True)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__({REPO_PREFIX + name: body for name, body in files.items()},
+                         headers=lambda body: {"X-Repo-Commit": "0" * 40,
+                                               "ETag": '"%s"' % hashlib.sha1(body).hexdigest()},
+                         missing_headers={"X-Error-Code": "EntryNotFound"})
+        self.endpoint = self.url
 
     def downloads(self):
         return sorted(p[len(REPO_PREFIX):] for m, p in self.requests if m == "GET" and p.startswith(REPO_PREFIX))
 
     def requests_for(self, name):
         return [m for m, p in self.requests if p == REPO_PREFIX + name]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_downloads_missing_shards_and_validates_them(tmp_path):

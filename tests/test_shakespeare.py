@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from net_fakes import Listener
+from download_helpers import Listener
 
 from data import shakespeare
 from data.shards import read_header, read_shard

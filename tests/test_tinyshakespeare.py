@@ -6,13 +6,9 @@ server on loopback. Tests with the real text use the shared copy when present an
 """
 import hashlib
 import os
-import subprocess
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from net_fakes import Listener
+from download_helpers import FileServer, Listener, assert_one_clear_error, run_script
 
 from data import tinyshakespeare as ts
 
@@ -31,67 +27,18 @@ def shared_text():
 def run(args, **env_overrides):
     env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
     env.update(env_overrides)
-    # the timeout only turns a hang into a failure; the tests assert behaviour, never elapsed time
-    return subprocess.run([sys.executable, "data/tinyshakespeare.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return run_script("data/tinyshakespeare.py", args, env)
 
 
-def assert_one_clear_error(r, *phrases):
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr + r.stdout
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and err.count("error: ") == 1 and "\n" not in err, err
-    for phrase in phrases:
-        assert phrase in err, err
+class TextServer(FileServer):
+    """Serves `body` at /input.txt; `url` is the file's URL, `base` the server's."""
 
-
-class TextServer:
-    """Serves `body` at /input.txt over loopback HTTP and records (method, path) of every request.
-    `cut` > 0 announces that many extra bytes and closes the connection early."""
-
-    def __init__(self, body, cut=0):
-        self.requests = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _reply(self, with_body):
-                server.requests.append((self.command, self.path))
-                if self.path != "/input.txt":
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) + cut))
-                self.end_headers()
-                if with_body:
-                    self.wfile.write(body)
-                    self.close_connection = True
-
-            def do_HEAD(self):
-                self._reply(False)
-
-            def do_GET(self):
-                self._reply(True)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.url = self.base + "/input.txt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    def __init__(self, body, short_by=0):
+        super().__init__({"/input.txt": body}, short_by=short_by)
+        self.base, self.url = self.url, self.url + "/input.txt"
 
     def methods(self):
         return [m for m, _ in self.requests]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # --------------------------------------------------------------------------- offline
@@ -184,7 +131,7 @@ def test_download_replaces_an_invalid_copy_and_then_skips(tmp_path):
 
 def test_connection_cut_mid_body_writes_nothing(tmp_path):
     body, digest, out = small_file(tmp_path)
-    with TextServer(body[:200], cut=len(body) - 200) as server:
+    with TextServer(body[:200], short_by=len(body) - 200) as server:
         with pytest.raises(ts.DownloadFailed, match=f"closed after 200 of {len(body):,} bytes"):
             ts.download(str(out), server.url, 5.0, sha256=digest)
     assert not out.exists() and os.listdir(out.parent) == []
