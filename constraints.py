@@ -11,27 +11,35 @@ Guarantees after `apply` (M's singular values s, cap w_max):
     none                   nothing
     weight_decay           W <- (1 - lr*wd) W                               (no bound)
     spectral_weight_decay  top singular value s1 <- s1 (1 - lr*wd)           (no bound)
-    spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up ~>= s1    (<= 1.001 w_max: measured, see _top_singular)
+    spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up >= s1     (certified: <= w_max; lands >= w_max / 1.002)
     spectral_hammer        top singular value s1 <- w_max                   (no bound under high-rank updates)
     soft_cap               s <- f(s) = s - 3a^2 s^5 + 3a^3 s^7 - a^4 s^9     (<= w_max given ||W||_* <= k, see soft_cap_alpha)
     hard_cap               s <- min(s, w_max) by two msign evaluations      (exact in the limit; ~1e-3 in fp32)
     hard_cap_poly          the paper's four fixed quintic steps             (approximate: max ~1.011 w_max, breaks past ~3.7 w_max)
     svd_cap                s <- min(s, w_max) by an SVD                     (exact reference, slow)
     stiefel                s <- w_max for every nonzero s (polar factor)
+PROPERTIES records each method's kind (decay, coupled to Muon, caps, exact, stateful, shardable).
 
-Products run on the smaller Gram side. On CUDA, with triton importable, the hot products go through
-two Triton kernels (a symmetric product that computes one triangle of blocks and mirrors it, and a
-product with a fused `beta * R + alpha * A @ B` epilogue); elsewhere the same sequence of torch ops
-runs. The single dispatch point is `_ops_for`. The torch path computes in float32 for bf16/fp16
-inputs (the soft cap must hold to 1e-2 over thousands of steps in bf16; the Gram polynomial's small
-correction is cheap to keep exact); the Triton path loads bf16 tiles and accumulates in float32.
+Everything is a function of the short-side Gram X^T X (tall orientation), batched over stacks of
+equal-shape matrices, with no host synchronisation (no .item(), no data-dependent Python branches) and
+no small QR/eigh. Because only the Gram couples the long side, a caller may hold a slice of each
+matrix's long side and sum the Grams across slices (LongSideShards): Muon splits the lm_head that way.
+
+The products (Gram, small polynomial, final product with a fused `beta * R + alpha * A @ B` epilogue)
+go through one dispatch point, `_ops_for`: on CUDA with triton, per shape the faster of two Triton
+kernels (a symmetric product computing one triangle of blocks, exactly symmetric; the fused epilogue)
+and cuBLAS, measured on first use and cached in DISPATCH_CHOICES; elsewhere torch ops. The caps compute
+in float32 for bf16/fp16 weights (the soft cap must hold to 1e-2 over thousands of steps in bf16);
+Muon's msign runs in the dtype it is given (bf16 on GPU).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -47,6 +55,7 @@ __all__ = [
     "METHODS", "apply", "rms_norm_op", "soft_cap_alpha", "soft_cap_map", "msign", "cap_row_rms",
     "FORK_NS_COEFFS", "FORK_MAX_SINGULAR_VALUE", "POLAR_EXPRESS_COEFFS", "HARD_CAP_POLY_COEFFS",
     "HAVE_TRITON", "triton_sym_mm", "triton_mm_add", "torch_sym_mm", "torch_mm_add",
+    "PROPERTIES", "MethodInfo", "LongSideShards", "DISPATCH_CHOICES", "SPECTRAL_UNDERSHOOT",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -87,21 +96,19 @@ HARD_CAP_POLY_COEFFS = (
     (1.004384, -0.183490, 0.014413),
 )
 
-POWER_ITERS_WARM = 6    # block Krylov steps per call when the state holds last call's Ritz vectors
-POWER_ITERS_COLD = 24   # ... when it does not (first call, or no state given)
-POWER_KEEP = 4          # top Ritz vectors carried to the next call in state["power_iter_v"]
-POWER_PROBES = 2        # fresh random vectors in the block besides the kept ones
 HARD_CAP_MSIGN_STEPS = 14
 STIEFEL_MSIGN_STEPS = 12
-_STATE_KEY = "power_iter_v"
 
 
 # ----------------------------------------------------------------------------------------------
 # Small shape helpers
 
-def _rms_scale(W: Tensor) -> float:
-    """c = sqrt(d_in / d_out): sigma_max(c W) is the RMS->RMS norm of W."""
+def _rms_scale(W: Tensor, shards: "LongSideShards | None" = None) -> float:
+    """c = sqrt(d_in / d_out): sigma_max(c W) is the RMS->RMS norm of W (of the whole matrix when W
+    is a slice of its long side)."""
     d_out, d_in = W.shape[-2], W.shape[-1]
+    if shards is not None:
+        d_out, d_in = (shards.length, d_in) if d_out >= d_in else (d_out, shards.length)
     return math.sqrt(d_in / d_out)
 
 
@@ -153,36 +160,48 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 if HAVE_TRITON:
     @triton.jit
+    def _tile_product(A, B, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn,
+                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+        """The (BLOCK_M, BLOCK_N) tile A[rm, :] @ B[:, rn], accumulated in float32 (A, B: one matrix's base)."""
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            a = tl.load(A + rm[:, None] * s_am + kk[None, :] * s_ak,
+                        mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            b = tl.load(B + kk[:, None] * s_bk + rn[None, :] * s_bn,
+                        mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc += tl.dot(a, b)
+        return acc
+
+    @triton.jit
     def _sym_mm_kernel(A, B, D, C, R, K,
                        s_ab, s_ar, s_ak, s_bb, s_br, s_bk, s_db, s_dr, s_dc, s_cb, s_cr, s_cc,
                        alpha, beta,
                        HAS_D: tl.constexpr, UPCAST: tl.constexpr,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
         # One (BLOCK x BLOCK) block of the lower triangle per program; the mirror block is stored
-        # from the same accumulator, so only ~half of the products are computed.
+        # from the same registers, so only ~half of the products are computed. A diagonal block is
+        # symmetrized in registers, so the whole result is exactly symmetric.
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         bat = tl.program_id(2)
         if pid_n <= pid_m:
             rm = pid_m * BLOCK + tl.arange(0, BLOCK)
             rn = pid_n * BLOCK + tl.arange(0, BLOCK)
-            rk = tl.arange(0, BLOCK_K)
-            acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                kk = k0 + rk
-                a = tl.load(A + bat * s_ab + rm[:, None] * s_ar + kk[None, :] * s_ak,
-                            mask=(rm[:, None] < R) & (kk[None, :] < K), other=0.0)
-                b = tl.load(B + bat * s_bb + kk[:, None] * s_bk + rn[None, :] * s_br,
-                            mask=(kk[:, None] < K) & (rn[None, :] < R), other=0.0)
-                if UPCAST:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                acc += tl.dot(a, b)
+            acc = _tile_product(A + bat * s_ab, B + bat * s_bb, rm, rn, R, R, K, s_ar, s_ak, s_bk, s_br,
+                                UPCAST, BLOCK, BLOCK, BLOCK_K)
             acc = acc * alpha
             inside = (rm[:, None] < R) & (rn[None, :] < R)
             if HAS_D:
                 d = tl.load(D + bat * s_db + rm[:, None] * s_dr + rn[None, :] * s_dc, mask=inside, other=0.0)
                 acc += beta * d.to(tl.float32)
+            if pid_n == pid_m:  # x + y == y + x exactly, and halving is exact
+                acc = (acc + tl.trans(acc)) * 0.5
             out = acc.to(C.dtype.element_ty)
             tl.store(C + bat * s_cb + rm[:, None] * s_cr + rn[None, :] * s_cc, out, mask=inside)
             if pid_n < pid_m:  # mirror: C[rn, rm] = out^T
@@ -199,18 +218,8 @@ if HAVE_TRITON:
         bat = tl.program_id(2)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rk = tl.arange(0, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            kk = k0 + rk
-            a = tl.load(A + bat * s_ab + rm[:, None] * s_am + kk[None, :] * s_ak,
-                        mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            b = tl.load(B + bat * s_bb + kk[:, None] * s_bk + rn[None, :] * s_bn,
-                        mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc += tl.dot(a, b)
+        acc = _tile_product(A + bat * s_ab, B + bat * s_bb, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn,
+                            UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
         acc = acc * alpha
         inside = (rm[:, None] < M) & (rn[None, :] < N)
         if HAS_R:  # fused epilogue: residual, scale and cast in the same pass as the product
@@ -233,7 +242,8 @@ def _upcast(A: Tensor, B: Tensor) -> bool:
 def triton_sym_mm(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, D: Tensor | None = None,
                   out_dtype: torch.dtype | None = None, block: int = 64, block_k: int = 32) -> Tensor:
     """alpha * A @ B^T + beta * D for A, B (batch, r, K) whose product is symmetric (e.g. A = B, or
-    A, B commuting symmetric matrices). Computes only the blocks on and below the diagonal."""
+    A, B commuting symmetric matrices; D symmetric). Computes only the blocks on and below the
+    diagonal; the result is exactly symmetric (mirrored blocks, symmetrized diagonal blocks)."""
     _check_batched(A, B, D)
     nb, r, K = A.shape
     if B.shape != A.shape:
@@ -266,22 +276,86 @@ def triton_mm_add(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, R
 class _TorchOps:
     sym_mm = staticmethod(torch_sym_mm)
     mm_add = staticmethod(torch_mm_add)
-    upcasts = True  # the torch path computes bf16 inputs in float32
 
 
 class _TritonOps:
     sym_mm = staticmethod(triton_sym_mm)
     mm_add = staticmethod(triton_mm_add)
-    upcasts = False  # kernels load bf16 tiles and accumulate in float32
+
+
+def _median_ms(fn, reps: int = 5) -> float:
+    """Median CUDA-event time of fn() over `reps` runs after one warm-up (synchronizes: first use only)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+# (op, shapes, strides, dtypes, epilogue) -> "triton" or "torch": measured once per key, then reused.
+DISPATCH_CHOICES: dict = {}
+
+
+def _measured(op: str, A: Tensor, B: Tensor, extra: Tensor | None, kwargs: dict) -> Tensor:
+    """Runs `op` on whichever of the Triton kernel and torch (cuBLAS) was faster for this key when
+    first seen. The first call per key times both (a host sync, once); a kernel that fails to compile
+    is never chosen."""
+    key = (op, tuple(A.shape), A.stride(), A.dtype, tuple(B.shape), B.stride(), B.dtype,
+           extra is not None, kwargs.get("out_dtype"))
+    triton_fn, torch_fn = (getattr(_TritonOps, op), getattr(_TorchOps, op))
+    args = (A, B, kwargs.get("alpha", 1.0), kwargs.get("beta", 0.0), extra)
+    choice = DISPATCH_CHOICES.get(key)
+    if choice is None:
+        try:
+            t_triton = _median_ms(lambda: triton_fn(*args, out_dtype=kwargs.get("out_dtype")))
+        except Exception:  # noqa: BLE001 - a kernel that does not build for this shape/dtype loses
+            t_triton = math.inf
+        t_torch = _median_ms(lambda: torch_fn(*args, out_dtype=kwargs.get("out_dtype")))
+        choice = DISPATCH_CHOICES[key] = "triton" if t_triton < t_torch else "torch"
+    fn = triton_fn if choice == "triton" else torch_fn
+    return fn(*args, out_dtype=kwargs.get("out_dtype"))
+
+
+class _MeasuredOps:
+    """CUDA: per shape, the faster of the Triton kernel and cuBLAS (see _measured)."""
+
+    @staticmethod
+    def sym_mm(A, B, alpha=1.0, beta=0.0, D=None, out_dtype=None):
+        return _measured("sym_mm", A, B, D, dict(alpha=alpha, beta=beta, out_dtype=out_dtype))
+
+    @staticmethod
+    def mm_add(A, B, alpha=1.0, beta=0.0, R=None, out_dtype=None):
+        return _measured("mm_add", A, B, R, dict(alpha=alpha, beta=beta, out_dtype=out_dtype))
 
 
 TRITON_ON_CPU = False  # tests set this under TRITON_INTERPRET=1 to run the kernels on CPU tensors
 
 
 def _ops_for(X: Tensor):
-    """The one device dispatch: Triton kernels on CUDA when available, torch ops elsewhere."""
-    use_triton = HAVE_TRITON and (X.is_cuda or (TRITON_ON_CPU and _INTERPRETING))
-    return _TritonOps if use_triton else _TorchOps
+    """The one device dispatch: on CUDA with triton, the measured faster of Triton and cuBLAS per shape;
+    on CPU, torch ops (the Triton kernels only when a test forces them under the interpreter)."""
+    if HAVE_TRITON and X.is_cuda:
+        return _MeasuredOps
+    if HAVE_TRITON and TRITON_ON_CPU and _INTERPRETING:
+        return _TritonOps
+    return _TorchOps
+
+
+def _sums_over_shards(t: Tensor, reduce) -> Tensor:
+    """A sum over the long side of a matrix (a Gram, a squared norm), completed across shards by
+    `reduce` when the caller holds only a slice of that side (see apply's gram_reduce)."""
+    return t if reduce is None else reduce(t)
+
+
+def _gram(ops, X: Tensor, reduce=None, out_dtype: torch.dtype | None = None) -> Tensor:
+    """X^T X of each tall X (B, m, n), m >= n: (B, n, n), summed over shards by `reduce`."""
+    Xs = X.mT
+    return _sums_over_shards(ops.sym_mm(Xs, Xs, out_dtype=out_dtype), reduce)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,30 +389,34 @@ def _msign_steps(coeffs, steps: int | None) -> tuple[tuple[float, float, float],
     return table[:steps] + (table[-1],) * max(0, steps - len(table))
 
 
-def msign(X: Tensor, steps: int | None = None, coeffs="polar_express") -> Tensor:
+def msign(X: Tensor, steps: int | None = None, coeffs="polar_express", *, gram_reduce=None) -> Tensor:
     """Polar factor U V^T of each matrix in X (..., m, n) by quintic Newton-Schulz-type steps
-    X <- a X + (b A + c A^2) X, A = X X^T, on the smaller Gram side (A is min(m, n) square).
+    X <- a X + (b A + c A^2) X, A = X X^T, on the smaller Gram side (A is min(m, n) square; X^T X for
+    m >= n).
 
     X is first divided by its Frobenius norm (times 1.01 for Polar Express), so every singular value
     starts in (0, 1]. coeffs: "polar_express" (8 steps to converge from 1e-3; more steps repeat the
     last, fixed-point polynomial), "fork" (modded-nanogpt's 5 steps; output singular values lie in
     roughly [0.7, FORK_MAX_SINGULAR_VALUE], not exactly 1), or a list of (a, b, c).
     Runs in X's dtype (bf16 for Muon on GPU, float32 for the caps); zero singular values stay zero.
+    gram_reduce: see apply (X is then a slice of each matrix's long side; the result is the same
+    slice of the polar factor, since every step multiplies the slice by a function of the Gram).
     Returns a new tensor with X's shape and dtype.
     """
     _check_matrix(X, "X")
     schedule = _msign_steps(coeffs, steps)
     Y = _as_batch(X)
-    transposed = Y.shape[-2] > Y.shape[-1]
+    transposed = _is_tall(Y)
     if transposed:
-        Y = Y.mT  # wide: the Gram A = Y Y^T is on the smaller side
+        Y = Y.mT  # the Gram A = Y Y^T is on the smaller side
     safety = _PE_SAFETY if coeffs == "polar_express" else 1.0
-    norm = torch.linalg.vector_norm(Y, dim=(-2, -1), keepdim=True,
-                                    dtype=torch.float64 if X.dtype == torch.float64 else torch.float32)
-    Y = (Y / (norm * safety + 1e-7)).to(X.dtype)
+    acc_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+    sq = _sums_over_shards(Y.square().sum(dim=(-2, -1), keepdim=True, dtype=acc_dtype), gram_reduce)
+    Y = (Y / (sq.sqrt() * safety + 1e-7)).to(X.dtype)
     ops = _ops_for(Y)
+    gram_dtype = acc_dtype if gram_reduce is not None else None  # partial Grams are summed in float32
     for a, b, c in schedule:
-        A = ops.sym_mm(Y, Y)                                  # Y Y^T
+        A = _sums_over_shards(ops.sym_mm(Y, Y, out_dtype=gram_dtype), gram_reduce).to(Y.dtype)   # Y Y^T
         Bm = ops.sym_mm(A, A, alpha=c, beta=b, D=A)           # b A + c A^2
         Y = ops.mm_add(Bm, Y, alpha=1.0, beta=a, R=Y)         # a Y + (b A + c A^2) Y
     if transposed:
@@ -404,19 +482,17 @@ def soft_cap_alpha(w_max: float, max_update_norm: float, lr: float = 0.0, weight
 
 
 def _soft_cap(W: Tensor, w_max: float, *, lr: float, weight_decay: float, max_update_norm: float,
-              state: dict | None) -> Tensor:
+              state: dict | None, shards: "LongSideShards | None") -> Tensor:
     alpha = soft_cap_alpha(float(w_max), float(max_update_norm), float(lr), float(weight_decay))
     if alpha == 0.0:
         return W  # k <= w_max: every singular value is already within the cap
-    ops = _ops_for(W)
-    X = _as_batch(W)
-    if ops.upcasts:
-        X = X.to(_compute_dtype(W))
+    X = _as_batch(W).to(_compute_dtype(W))
+    ops = _ops_for(X)
     # f acts on M = c W: with G = X^T X (or X X^T), alpha G_M = (alpha c^2) G, so fold c^2 into alpha.
-    a = alpha * _rms_scale(W) ** 2
+    a = alpha * _rms_scale(W, shards) ** 2
     tall = _is_tall(X)
-    Xs = X.mT if tall else X                                     # (B, small, large)
-    G = ops.sym_mm(Xs, Xs, out_dtype=torch.float32 if X.dtype != torch.float64 else X.dtype)
+    Xt = X if tall else X.mT                                     # (B, large, small)
+    G = _gram(ops, Xt, _reduce_of(shards))
     G2 = ops.sym_mm(G, G)
     Q = (3 * a**3) * G - (a**4) * G2                             # p(G) = I + G^2 (-3a^2 I + 3a^3 G - a^4 G^2)
     Q.diagonal(dim1=-2, dim2=-1).sub_(3 * a * a)
@@ -427,94 +503,57 @@ def _soft_cap(W: Tensor, w_max: float, *, lr: float, weight_decay: float, max_up
 
 
 # ----------------------------------------------------------------------------------------------
-# Power iteration (top singular triple), warm-started from the caller's state
+# Top of the spectrum from the Gram by repeated squaring: no QR, no eigh, no host sync, no state
 
-_GENERATORS: dict = {}
-
-
-def _fresh_directions(nb: int, n: int, p: int, device, dtype) -> Tensor:
-    """(nb, n, p) Gaussian probe vectors from a per-device generator (the global RNG is left alone)."""
-    key = str(device)
-    if key not in _GENERATORS:
-        _GENERATORS[key] = torch.Generator(device=device).manual_seed(1234)
-    return torch.randn(nb, n, p, generator=_GENERATORS[key], device=device, dtype=dtype)
+SPECTRAL_UNDERSHOOT = 2e-3  # largest relative gap between the bound and sigma_max (flat spectrum)
+_BOUND_MARGIN = 1e-5         # covers float32 rounding of the squarings (~1e-6 relative)
 
 
-def _warm_vectors(state: dict | None, nb: int, n: int, device) -> Tensor | None:
-    """Last call's kept Ritz vectors as (nb, n, k), or None (no state, or a different shape/device).
-    A (nb, n) entry (a single vector) is read as k = 1."""
-    v = state.get(_STATE_KEY) if state is not None else None
-    if not isinstance(v, Tensor) or v.device != device or v.shape[:2] != (nb, n) or v.ndim not in (2, 3):
-        return None
-    return v.reshape(nb, n, -1)
+def _squarings(n: int, tol: float = SPECTRAL_UNDERSHOOT) -> int:
+    """Squarings q so that the bound below exceeds sigma_max by at most (1 + tol): n^(1/2^(q+2)) <= 1 + tol."""
+    return max(1, math.ceil(math.log2(math.log(max(n, 2)) / math.log1p(tol))) - 2)
 
 
-def _thin_mm(A: Tensor, B: Tensor) -> Tensor:
-    """A @ B for a thin B (few columns), computed as (B^T A^T)^T: on CPU, a large matrix times a thin
-    one in a transposed or column-major layout hits slow strided GEMM paths (3-20x measured, e.g. for
-    wide weights, whose tall orientation is a transposed view); a thin left factor is fast in any."""
-    return torch.bmm(B.mT, A.mT).mT
+def _top_of_gram(G: Tensor) -> tuple[Tensor, Tensor]:
+    """Upper bound on lambda_max of each symmetric PSD G (B, n, n), and H ~ G^(2^q) / ||G^(2^q)||_F.
 
-
-def _top_singular(X: Tensor, state: dict | None, iters: int | None = None, probes: int = POWER_PROBES,
-                  keep: int = POWER_KEEP):
-    """Block Krylov (block Lanczos with full reorthogonalization) on the Gram G = X^T X of each tall
-    X (B, m, n), m >= n, with a Rayleigh-Ritz step over the whole Krylov space.
-
-    The starting block holds last call's top `keep` Ritz vectors (from `state`, if any) and `probes`
-    fresh random vectors, so a new top direction that the update created orthogonally to the tracked
-    ones is still found. Rayleigh-Ritz over span{V, G V, ..., G^q V} rather than over G^q V alone is
-    what makes a handful of steps enough when the top of the spectrum is a tight cluster (as under
-    Muon's high-rank steps: block power iteration then trails the top by ~1-2%).
-
-    Returns (sigma, sigma_up, u, v): sigma = ||X v|| <= sigma_max (a Rayleigh quotient, whatever the
-    basis); sigma_up = sqrt(sigma^2 + ||G v - sigma^2 v||) >= sigma_max whenever the Ritz vector is
-    nearer the top singular direction than any other (some eigenvalue of G lies within the residual
-    of the Rayleigh quotient); u (B, m), v (B, n) unit estimates of the top singular vectors.
-    sigma_up is not a certificate (a top direction the Krylov space misses leaves no trace in it, and no
-    cheap bound sees it): measured under Muon steps of norm up to 0.57 w_max on 64..1024-wide matrices
-    it never fell below sigma_max (tests/test_constraints.py checks 1e-3); block power iteration's did
-    by up to 1.8%.
-    Stores the top `keep` Ritz vectors, top first, as (B, n, keep) float32 in state["power_iter_v"].
+    lambda_max^p <= trace(G^p) = sum_i lambda_i^p for every p, so with p = 2^(q+1),
+    lambda_max <= trace(G^p)^(1/p) = ||G^(2^q)||_F^(2/p) <= n^(1/p) lambda_max. The powers are formed by
+    q squarings, each normalized by its Frobenius norm t_j (kept as logs: ln bound = sum_j ln t_j / 2^j).
+    A certificate in exact arithmetic; float32 rounding moves it by ~1e-6 relative (_BOUND_MARGIN).
     """
-    nb, m, n = X.shape
-    kept = _warm_vectors(state, nb, n, X.device)
-    iters = iters if iters is not None else (POWER_ITERS_WARM if kept is not None else POWER_ITERS_COLD)
-    iters = max(1, iters)
-    p = min(n, probes + keep)
-    if p * (iters + 1) >= n:
-        # The Krylov space could fill R^n: Rayleigh-Ritz on all of R^n is an exact eigensolve of G.
-        blocks, iters = [torch.eye(n, device=X.device, dtype=X.dtype).expand(nb, n, n)], 0
-    else:
-        Q = _fresh_directions(nb, n, p, X.device, X.dtype)
-        if kept is not None:
-            k = min(kept.shape[-1], p)
-            Q[..., :k] = kept[..., :k].to(X.dtype)
-        blocks = [torch.linalg.qr(Q).Q]
-    images = [_thin_mm(X, blocks[0])]                                   # X times each block
-    for _ in range(iters):
-        Z = _thin_mm(X.mT, images[-1])                                  # G times the newest block
-        B = torch.cat(blocks, dim=-1)
-        for _ in range(2):  # Gram-Schmidt twice keeps the basis orthonormal in float32
-            Z = Z - torch.bmm(B, torch.bmm(B.mT, Z))
-        blocks.append(torch.linalg.qr(Z).Q)
-        images.append(_thin_mm(X, blocks[-1]))
-    B, XB = torch.cat(blocks, dim=-1), torch.cat(images, dim=-1)
-    _, Y = torch.linalg.eigh(torch.bmm(XB.mT, XB))                       # B^T G B, ascending
-    Y = Y.flip(-1)
-    y = Y[:, :, :1]
-    v = torch.bmm(B, y)
-    norm_v = v.norm(dim=(-2, -1), keepdim=True)
-    v, u = v / norm_v, torch.bmm(XB, y) / norm_v                         # u = X v
-    lam = u.square().sum(dim=(-2, -1))
-    resid = (_thin_mm(X.mT, u) - lam[:, None, None] * v).norm(dim=(-2, -1))
-    v, u = v.squeeze(-1), u.squeeze(-1)
-    sigma = lam.sqrt()
-    u = u / sigma.clamp_min(torch.finfo(X.dtype).tiny).unsqueeze(-1)
-    sigma_up = torch.sqrt(lam + resid)
-    if state is not None:
-        state[_STATE_KEY] = torch.bmm(B, Y[:, :, :min(keep, n)]).detach().float()
-    return sigma, sigma_up, u, v
+    n = G.shape[-1]
+    tiny = torch.finfo(G.dtype).tiny
+    t = torch.linalg.matrix_norm(G).clamp_min(tiny)                      # ||G||_F >= lambda_max
+    H = G / t[:, None, None]
+    log_bound = t.log()
+    for j in range(1, _squarings(n) + 1):
+        H = torch.bmm(H, H)                                              # precise products: a certificate
+        t = torch.linalg.matrix_norm(H).clamp_min(tiny)
+        H = H / t[:, None, None]
+        log_bound = log_bound + t.log() / 2**j
+    return log_bound.exp() * (1 + _BOUND_MARGIN), H
+
+
+def _top_direction(H: Tensor) -> Tensor:
+    """A unit vector (B, n) in the top eigenspace of H ~ sum_i w_i v_i v_i^T (w_i concentrated on the top):
+    the column with the largest diagonal entry, which overlaps the top directions (H_jj >= trace / n)."""
+    j = H.diagonal(dim1=-2, dim2=-1).argmax(dim=-1)                       # on device: no host sync
+    v = torch.gather(H, 2, j[:, None, None].expand(-1, H.shape[1], 1)).squeeze(-1)
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(torch.finfo(H.dtype).tiny)
+
+
+def _top_singular(X: Tensor, reduce=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For each tall X (B, m, n), m >= n: (sigma, sigma_up, u, v) with sigma = ||X v|| <= sigma_max for the
+    unit estimate v (B, n) of the top right singular vector, u = X v / sigma (B, m), and
+    sigma_up >= sigma_max (certified, at most (1 + SPECTRAL_UNDERSHOOT) sigma_max)."""
+    G = _gram(_TorchOps, X, reduce)
+    lam_up, H = _top_of_gram(G)
+    v = _top_direction(H)
+    Xv = torch.bmm(X, v.unsqueeze(-1)).squeeze(-1)
+    sigma = _sums_over_shards(Xv.square().sum(-1), reduce).sqrt()
+    u = Xv / sigma.clamp_min(torch.finfo(X.dtype).tiny).unsqueeze(-1)
+    return sigma, lam_up.sqrt(), u, v
 
 
 def _rank_one_update(W: Tensor, X: Tensor, coef: Tensor, u: Tensor, v: Tensor, tall: bool) -> Tensor:
@@ -525,46 +564,45 @@ def _rank_one_update(W: Tensor, X: Tensor, coef: Tensor, u: Tensor, v: Tensor, t
     return out.to(W.dtype).reshape(W.shape)
 
 
-def _power_setup(W: Tensor):
+def _spectral_setup(W: Tensor, shards):
     X = _as_batch(W).to(_compute_dtype(W))
     tall = _is_tall(X)
-    return _tall(X), tall, _rms_scale(W)
+    return _tall(X), tall, _rms_scale(W, shards)
 
 
-def _spectral_normalize(W, w_max, *, lr, weight_decay, max_update_norm, state):
-    X, _, c = _power_setup(W)
-    _, sigma_up, _, _ = _top_singular(X, state)
+def _spectral_normalize(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
+    X, _, c = _spectral_setup(W, shards)
+    _, sigma_up, _, _ = _top_singular(X, _reduce_of(shards))
     scale = 1.0 / torch.clamp(sigma_up * c / w_max, min=1.0)  # on device: no host sync
-    shape = (-1,) + (1,) * 2
-    return (_as_batch(W).to(X.dtype) * scale.reshape(shape)).to(W.dtype).reshape(W.shape)
+    return (_as_batch(W).to(X.dtype) * scale[:, None, None]).to(W.dtype).reshape(W.shape)
 
 
-def _spectral_hammer(W, w_max, *, lr, weight_decay, max_update_norm, state):
-    X, tall, c = _power_setup(W)
-    sigma, _, u, v = _top_singular(X, state)
+def _spectral_hammer(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
+    X, tall, c = _spectral_setup(W, shards)
+    sigma, _, u, v = _top_singular(X, _reduce_of(shards))
     return _rank_one_update(W, X, w_max / c - sigma, u, v, tall)
 
 
-def _spectral_weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _spectral_weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     if lr * weight_decay == 0.0:
         return W
-    X, tall, c = _power_setup(W)
-    sigma, _, u, v = _top_singular(X, state)
+    X, tall, _ = _spectral_setup(W, shards)
+    sigma, _, u, v = _top_singular(X, _reduce_of(shards))
     return _rank_one_update(W, X, -(lr * weight_decay) * sigma, u, v, tall)
 
 
 # ----------------------------------------------------------------------------------------------
 # Caps by singular-value maps
 
-def _none(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _none(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     return W
 
 
-def _weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _weight_decay(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     return W * (1.0 - lr * weight_decay)
 
 
-def _svd_cap(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _svd_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     c = _rms_scale(W)
     X = _as_batch(W).to(_compute_dtype(W))
     U, S, Vh = torch.linalg.svd(X, full_matrices=False)
@@ -572,19 +610,20 @@ def _svd_cap(W, w_max, *, lr, weight_decay, max_update_norm, state):
     return ((U * S.unsqueeze(-2)) @ Vh).to(W.dtype).reshape(W.shape)
 
 
-def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, steps: int = HARD_CAP_MSIGN_STEPS):
+def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, shards, steps: int = HARD_CAP_MSIGN_STEPS):
     """cap(X) = 1/2 [(O + X) + (O - X) sign(X^T X - I)] at w_max = 1, O = msign(X) (tall X).
     Singular values below 1 come out exactly (the O terms cancel); near 1 the error is at most |1 - s|
     times how far the matrix sign is from converged there."""
-    ops = _ops_for(W)
-    c = _rms_scale(W)
+    c = _rms_scale(W, shards)
     X0 = _as_batch(W).to(_compute_dtype(W))
+    ops = _ops_for(X0)
     tall = _is_tall(X0)
     X = _tall(X0) * (c / w_max)
-    O = msign(X, steps=steps)
-    Y = ops.sym_mm(X.mT, X.mT)                  # X^T X
+    reduce = _reduce_of(shards)
+    O = msign(X, steps=steps, gram_reduce=reduce)
+    Y = _gram(ops, X, reduce)                   # X^T X
     Y.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-    S = msign(Y, steps=steps)                   # matrix sign of the symmetric X^T X - I
+    S = msign(Y, steps=steps)                   # matrix sign of the symmetric X^T X - I (small: every shard)
     half = 0.5 * w_max / c
     out = ops.mm_add(O - X, S, alpha=half, beta=half, R=O + X)
     if not tall:
@@ -592,15 +631,15 @@ def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, steps: int 
     return out.to(W.dtype).reshape(W.shape)
 
 
-def _hard_cap_poly(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _hard_cap_poly(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     """The paper's four quintic steps X <- X (a I + b G + c G^2), G = X^T X, at w_max = 1."""
-    ops = _ops_for(W)
-    c = _rms_scale(W)
+    c = _rms_scale(W, shards)
     X0 = _as_batch(W).to(_compute_dtype(W))
+    ops = _ops_for(X0)
     tall = _is_tall(X0)
     X = _tall(X0) * (c / w_max)
     for a, b, cc in HARD_CAP_POLY_COEFFS:
-        G = ops.sym_mm(X.mT, X.mT)
+        G = _gram(ops, X, _reduce_of(shards))
         Bm = ops.sym_mm(G, G, alpha=cc, beta=b, D=G)     # b G + c G^2
         X = ops.mm_add(X, Bm, beta=a, R=X)               # X (a I + b G + c G^2)
     X = X * (w_max / c)
@@ -609,10 +648,11 @@ def _hard_cap_poly(W, w_max, *, lr, weight_decay, max_update_norm, state):
     return X.to(W.dtype).reshape(W.shape)
 
 
-def _stiefel(W, w_max, *, lr, weight_decay, max_update_norm, state):
+def _stiefel(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     """Every nonzero singular value of M to w_max: W <- (w_max / c) msign(W)."""
     X = _as_batch(W).to(_compute_dtype(W))
-    return (msign(X, steps=STIEFEL_MSIGN_STEPS) * (w_max / _rms_scale(W))).to(W.dtype).reshape(W.shape)
+    O = msign(X, steps=STIEFEL_MSIGN_STEPS, gram_reduce=_reduce_of(shards))
+    return (O * (w_max / _rms_scale(W, shards))).to(W.dtype).reshape(W.shape)
 
 
 METHODS = {
@@ -627,6 +667,57 @@ METHODS = {
     "svd_cap": _svd_cap,
     "stiefel": _stiefel,
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodInfo:
+    """What a method is, for the optimizer and the trainer (one record per name of METHODS).
+
+    decays:    its job is the decay itself (it applies lr * weight_decay); the optimizer skips its own.
+    coupled:   it caps only given the optimizer's max_update_norm (the soft cap's coupling), i.e. under
+               Muon's bounded step; under AdamW it caps nothing.
+    caps:      it bounds ||W||_* by w_max (approximately when not `exact`).
+    exact:     the bound holds to float rounding for every input it is given (svd; the certified
+               spectral bound; the soft cap's polynomial given its coupling), not only approximately.
+    stateful:  it reads/writes apply's `state` between calls (none does today; kept for methods that will).
+    shardable: it accepts `shards` (a slice of each matrix's long side, see LongSideShards).
+    """
+    decays: bool = False
+    coupled: bool = False
+    caps: bool = False
+    exact: bool = False
+    stateful: bool = False
+    shardable: bool = True
+
+
+PROPERTIES: dict[str, MethodInfo] = {
+    "none": MethodInfo(),
+    "weight_decay": MethodInfo(decays=True),
+    "spectral_weight_decay": MethodInfo(decays=True),
+    "spectral_normalize": MethodInfo(caps=True, exact=True),
+    "spectral_hammer": MethodInfo(),
+    "soft_cap": MethodInfo(coupled=True, caps=True, exact=True),
+    "hard_cap": MethodInfo(caps=True),
+    "hard_cap_poly": MethodInfo(caps=True),
+    "svd_cap": MethodInfo(caps=True, exact=True, shardable=False),
+    "stiefel": MethodInfo(caps=True),
+}
+assert PROPERTIES.keys() == METHODS.keys()
+
+
+@dataclasses.dataclass(frozen=True)
+class LongSideShards:
+    """W holds one slice of the long side of each matrix (rows when d_out >= d_in, else columns), the
+    slice keeping that orientation (still at least as long as the short side); other ranks hold the rest.
+    length: the full long side. reduce(t): sums t over the slices (e.g. an all_reduce) and returns it.
+    Every shardable method is a function of the short-side Gram, so with the Gram summed the slice of the
+    result is computed exactly as in one piece (zero padding rows/columns contribute nothing)."""
+    length: int
+    reduce: Callable[[Tensor], Tensor]
+
+
+def _reduce_of(shards: LongSideShards | None):
+    return None if shards is None else shards.reduce
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,18 +741,31 @@ def _check_finite(W: Tensor, name: str) -> None:
                          f"before constraining")
 
 
+def _check_shards(W: Tensor, method: str, shards) -> None:
+    if shards is None:
+        return
+    if not PROPERTIES[method].shardable:
+        raise ValueError(f"constraint {method!r} needs whole matrices; pass shards=None")
+    m, n = W.shape[-2:]
+    if not isinstance(shards, LongSideShards) or shards.length < max(m, n):
+        raise ValueError(f"shards must be a LongSideShards whose length (the full long side) is >= the "
+                         f"slice's {max(m, n)}, got {shards!r}")
+
+
 def apply(W: Tensor, method: str, w_max: float, *, lr: float = 0.0, weight_decay: float = 0.0,
-          max_update_norm: float = 0.0, state: dict | None = None, check_finite: bool = True) -> Tensor:
+          max_update_norm: float = 0.0, state: dict | None = None, check_finite: bool = True,
+          shards: LongSideShards | None = None) -> Tensor:
     """Constrain every matrix of W (..., d_out, d_in) with `method` (a key of METHODS) at cap w_max
     (RMS->RMS norm). Returns a tensor of W's shape, dtype and device; W itself is never modified
     (it may be returned as is when the method changes nothing, e.g. "none", or "soft_cap" with
-    alpha = 0), so the optimizer can `p.copy_(apply(p, ...))`.
+    alpha = 0), so the optimizer can `p.copy_(apply(p, ...))`. Batched over leading dims: one call
+    for a whole stack of equal-shape matrices.
 
     lr, weight_decay: the step's learning rate and decoupled weight decay (weight_decay methods, and
     the soft cap coupling). max_update_norm: the RMS->RMS norm bound of the step (soft cap coupling).
-    state: a per-parameter dict kept by the caller; power-iteration methods keep their warm-start
-    vectors under "power_iter_v" (without it they cold-start with POWER_ITERS_COLD iterations).
+    state: a per-parameter dict kept by the caller for methods with PROPERTIES[method].stateful.
     check_finite: validate entries (one host sync per call on GPU; pass False in hot loops).
+    shards: W is a slice of each matrix's long side (see LongSideShards); None: whole matrices.
     """
     if method not in METHODS:
         raise ValueError(f"unknown constraint method {method!r}; choose one of {sorted(METHODS)}")
@@ -671,11 +775,12 @@ def apply(W: Tensor, method: str, w_max: float, *, lr: float = 0.0, weight_decay
     for name, value in (("lr", lr), ("weight_decay", weight_decay), ("max_update_norm", max_update_norm)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    _check_shards(W, method, shards)
     if check_finite:
         _check_finite(W, "W")
     with torch.no_grad():
         return METHODS[method](W, float(w_max), lr=float(lr), weight_decay=float(weight_decay),
-                               max_update_norm=float(max_update_norm), state=state)
+                               max_update_norm=float(max_update_norm), state=state, shards=shards)
 
 
 def cap_row_rms(E: Tensor, max_rms: float) -> Tensor:
