@@ -10,9 +10,13 @@ cd "$(dirname "$0")/../.."
 HERE=records/2026-11-22-shakespeare-cpu
 STEPS=${STEPS:-200}; SEEDS=${SEEDS:-0}; JOBS=${JOBS:-2}
 NAMES=${*:-softcap-w1 softcap-w2 softcap-w3 specnorm-w1 specnorm-w2 specnorm-w3 adamw-wd speedrun-arch normfree-unconstrained}
-[ -f data/tinyshakespeare/meta.json ] || python data/shakespeare.py --input ../shared/data/tinyshakespeare.txt --out data/tinyshakespeare
+if [ ! -f data/tinyshakespeare/meta.json ]; then  # byte-level shards of tiny Shakespeare (downloaded if not at hand)
+  TXT=../shared/data/tinyshakespeare.txt
+  [ -f "$TXT" ] || { TXT=data/tinyshakespeare/input.txt; python data/tinyshakespeare.py --out "$TXT"; }
+  python data/shakespeare.py --input "$TXT" --out data/tinyshakespeare
+fi
 COMMON=(--preset=shakespeare --train_files='data/tinyshakespeare/*train*.bin' --val_files='data/tinyshakespeare/*val*.bin'
-        --num_iterations="$STEPS" --val_every=50 --log_every=25 --muon_momentum_warmup_steps=30 --dtype=bf16
+        --num_iterations="$STEPS" --val_every=50 --log_every=25 --muon_momentum_warmup_steps=30 --dtype=auto
         --log_dir="$HERE/logs" --checkpoint_dir=/tmp/record-ckpt)
 flags() {  # the flags of one named run
   case "$1" in
