@@ -3,12 +3,14 @@
 # on tiny Shakespeare, byte-level, on a 2-core CPU. Steps are cut from the paper's 2000 to STEPS (see
 # README.md) so the whole set fits a CPU session; the model and batch are the paper's.
 #   STEPS=200 SEEDS="0" JOBS=2 bash records/2026-11-22-shakespeare-cpu/run.sh [RUN_NAME ...]
+# LOG_DIR (default: this folder's logs/) and OUT (table.md and plots; default: this folder) keep other run sets,
+# e.g. the 2000-step GPU set (records/2026-11-22-shakespeare-h100), from overwriting this record.
 # RUN_NAME: softcap-w{1,2,3} specnorm-w{1,2,3} adamw-wd speedrun-arch normfree-unconstrained (default: all).
 # JOBS runs go in parallel, each with OMP_NUM_THREADS=1 (on 2 cores this beats one run with 2 threads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-11-22-shakespeare-cpu
-STEPS=${STEPS:-200}; SEEDS=${SEEDS:-0}; JOBS=${JOBS:-2}
+STEPS=${STEPS:-200}; SEEDS=${SEEDS:-0}; JOBS=${JOBS:-2}; LOG_DIR=${LOG_DIR:-$HERE/logs}; OUT=${OUT:-$HERE}
 NAMES=${*:-softcap-w1 softcap-w2 softcap-w3 specnorm-w1 specnorm-w2 specnorm-w3 adamw-wd speedrun-arch normfree-unconstrained}
 if [ ! -f data/tinyshakespeare/meta.json ]; then  # byte-level shards of tiny Shakespeare (downloaded if not at hand)
   TXT=../shared/data/tinyshakespeare.txt
@@ -17,7 +19,7 @@ if [ ! -f data/tinyshakespeare/meta.json ]; then  # byte-level shards of tiny Sh
 fi
 COMMON=(--preset=shakespeare --train_files='data/tinyshakespeare/*train*.bin' --val_files='data/tinyshakespeare/*val*.bin'
         --num_iterations="$STEPS" --val_every=50 --log_every=25 --muon_momentum_warmup_steps=30 --dtype=auto
-        --log_dir="$HERE/logs" --checkpoint_dir=/tmp/record-ckpt)
+        --log_dir="$LOG_DIR" --checkpoint_dir=/tmp/record-ckpt)
 flags() {  # the flags of one named run
   case "$1" in
     softcap-w*)  echo "--constraint=soft_cap --w_max=${1#softcap-w} --lm_head_w_max=${1#softcap-w}" ;;
@@ -37,4 +39,5 @@ for seed in $SEEDS; do
   done
 done
 wait
-python tools/compare.py "$HERE/logs" --plots "$HERE" > "$HERE/table.md" || true
+mkdir -p "$OUT"
+python tools/compare.py "$LOG_DIR" --plots "$OUT" > "$OUT/table.md" || true
