@@ -1,5 +1,6 @@
 """tools/compare.py on synthetic logs: parsing (ours, modded-nanogpt's, truncated, malformed),
 grouping, statistics against numpy/scipy, the table, the CLI and the plots."""
+import io
 import json
 import math
 import os
@@ -357,11 +358,18 @@ def test_cli_unknown_baseline_exit_2(tmp_path, capsys):
     assert "matches no group" in capsys.readouterr().err
 
 
-def test_plots_with_nothing_to_draw_still_written(tmp_path):
-    """Speedrun logs have no bound or activations: those plots say so instead of failing."""
+def test_plots_with_nothing_to_draw_are_skipped_with_a_note(tmp_path):
+    """Speedrun logs have no bound or activations: those plots are not written, one line each says why."""
     run = parse_log(write(tmp_path / "s" / "x.txt", speedrun_log(3.28)))
-    for p in compare.write_plots(group_runs([run]), str(tmp_path / "plots")):
-        assert os.path.getsize(p) > 1000
+    err = io.StringIO()
+    written = compare.write_plots(group_runs([run]), str(tmp_path / "plots"), err=err)
+    assert [os.path.basename(p) for p in written] == ["val_loss_vs_step.png", "val_loss_vs_time.png"]
+    assert all(os.path.getsize(p) > 1000 for p in written)
+    assert sorted(os.listdir(tmp_path / "plots")) == sorted(os.path.basename(p) for p in written)  # no temp files
+    notes = err.getvalue().splitlines()
+    assert notes == ["compare.py: no bound_vs_step.png: no run logs a certified bound",
+                     "compare.py: no max_act_vs_step.png: no run logs act_max_entry",
+                     "compare.py: no frontier.png: no group has a finite final val loss and certified bound"]
 
 
 def test_script_runs_from_command_line(tmp_path):
@@ -385,3 +393,319 @@ def test_resumed_log_appends_config_and_lines(tmp_path):
     assert run.config["max_steps_this_run"] == 3 and run.notes == ["several config lines, the first is used"]
     other = parse_log(write(tmp_path / "o.txt", our_log(config(2), VALS)))
     assert len(group_runs([run, other])) == 1
+
+
+# ---------------------------------------------------------------------------- formats of the public logs
+
+def optimization_track_log(final_loss=3.27699, m=3250, extra=True):
+    """The optimization track's format: train_time in seconds, step_avg in ms, extra val fields."""
+    lines = [FAKE_CODE, SEP, "Running Python 3.12.7", "Running PyTorch 2.9.0", SEP]
+    for step in (0, 1625, m):
+        t = 0.155 * step
+        loss = 10.8258 if step == 0 else (4.1 if step < m else final_loss)
+        fields = f" val_avg_loss:{loss + 0.01:.5f} val_ema_loss:{loss - 0.01:.5f}" if extra else ""
+        lines.append(f"step:{step}/{m} val_loss:{loss:.5f}{fields} train_time:{t:.3f}s step_avg:155.18ms")
+        if step < m:
+            lines.append(f"step:{step + 1}/{m} train_time:{t + 0.155:.3f}s step_avg:155.00ms")
+    lines[-1] = f"step:{m}/{m} val_loss:{final_loss:.5f} val_avg_loss:3.28 train_time:503.556s step_avg:155.18ms"
+    return "\n".join(lines) + "\n"
+
+
+def test_optimization_track_seconds_and_extra_fields(tmp_path):
+    run = parse_log(write(tmp_path / "opt" / "r.txt", optimization_track_log()))
+    assert run.complete and run.num_iterations == 3250 and run.notes == []
+    assert run.final["val_loss"] == 3.27699 and run.final["val_avg_loss"] == 3.28
+    assert run.final["train_time"] == pytest.approx(503556.0, rel=1e-12)  # seconds -> ms, one float rounding
+    assert run.final["step_avg"] == 155.18
+    assert run.points[1625]["val_ema_loss"] == pytest.approx(4.09)
+    assert run.train[0] == {"step": 1, "train_time": pytest.approx(155.0), "step_avg": 155.0}
+    s = compare.run_summary(run)
+    assert s["val_loss"] == 3.27699 and s["train_time_s"] == pytest.approx(503.556, rel=1e-12) and s["step"] == 3250
+    # the speedrun's ms format and this one side by side in one table
+    other = parse_log(write(tmp_path / "ms" / "r.txt", speedrun_log(3.2785)))
+    table = summary_table(group_runs([run, other]))
+    assert "| 3.2770 |" in table and "| 503.6 |" in table and "| 3.2785 |" in table
+
+
+def test_rejected_log_names_the_line_and_why(tmp_path):
+    text = optimization_track_log().replace("train_time:503.556s", "train_time:503.556sec")
+    bad_only = "\n".join(line for line in text.splitlines() if "sec" in line or not line.startswith("step:"))
+    p = write(tmp_path / "bad.txt", bad_only + "\n")
+    with pytest.raises(LogFormatError) as e:
+        parse_log(p)
+    msg = str(e.value)
+    line_no = bad_only.splitlines().index(next(x for x in bad_only.splitlines() if "sec" in x)) + 1
+    assert msg.startswith(p) and "\n" not in msg
+    assert f"line {line_no} " in msg and "'train_time:503.556sec' is neither key:number" in msg
+    # a log with some good lines is read, and the ignored line is noted with the same reason
+    run = parse_log(write(tmp_path / "some.txt", text))
+    assert run.final["step"] == 1625 and "1 step line(s) ignored" in run.notes[1]
+    assert "train_time:503.556sec" in run.notes[1]
+
+
+def fork_script(final_loss=5.3999, m=20, code_tail=""):
+    """The paper's nanogpt fork: its .py source, then (after separators) its training log with
+    multi-line weight, activation and gradient blocks."""
+    lines = ["import torch", 'print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f}")',
+             "step:1/2 val_loss:0.5 train_time:1ms step_avg:1ms", 'print0(">>> Act Max Entries:")' + code_tail,
+             SEP, "Running Python 3.10.12", "Running PyTorch 2.8.0", "| NVIDIA-SMI 550.90.07  Driver |", SEP]
+    for step in range(0, m + 1, 10):
+        loss = final_loss if step == m else 10.8258 - step / 10
+        lines += [">>> Weights:",
+                  "_orig_mod.embed.weight                   (50257, 768) :  l1->RMS:1.1172, RMS->RMS:31.1008",
+                  "_orig_mod.blocks.0.attn.attn_q.weight    (768, 768)   : RMS->RMS:1.1461",
+                  ">>> Act RMS Norms:", "Embed:     1.0000", f"Block #0: {0.9 + step / 100:.4f}", "Block #1: 0.8438",
+                  "Logits:    9.0000",
+                  ">>> Act Max Entries:", "Embed:     5.2812", f"Block #0: {4.8 + step:.4f}", "Block #1: 4.4375",
+                  f"Logits:    {30 + step:.4f}",
+                  f"step:{step}/{m} val_loss:{loss:.4f} val_acc:0.2140 train_time:{150 * step}ms step_avg:150.00ms"]
+        if step < m:
+            lines += [">>> Grads:", "_orig_mod.embed.weight   (50257, 768) :  l1->RMS:0.0000, RMS->RMS:-0.0000",
+                      f"step:{step + 10}/{m} train_time:{150 * step + 1500}ms step_avg:150.00ms"]
+    lines.append("peak memory allocated: 29585 MiB reserved: 47290 MiB")
+    return "\n".join(lines) + "\n"
+
+
+def test_fork_log_in_a_py_file_and_its_multiline_blocks(tmp_path):
+    run = parse_log(write(tmp_path / "fork" / "train_spectral_cap.py", fork_script()))
+    assert run.complete and run.val_steps == [0, 10, 20] and run.notes == []
+    f = run.final
+    assert f["val_loss"] == 5.3999 and f["val_acc"] == 0.214 and f["train_time"] == 3000.0
+    # the residual stream's largest entry: embed and blocks, not the logits
+    assert f["act_max_entry"] == 24.8 and f["act_max_entry.logits"] == 50.0 and f["act_max_entry.block1"] == 4.4375
+    assert f["act_max_rms"] == pytest.approx(1.1) and f["act_max_rms.embed"] == 1.0
+    assert run.points[0]["act_max_entry"] == 5.2812
+    assert "act_max_entry" not in run.points[10] or run.points[10]["val_loss"]  # only on validation steps
+    assert compare.run_summary(run)["act_max_entry"] == 24.8
+    assert all("Block" not in line for line in run.step_lines)
+
+
+def test_multiline_block_without_its_validation_line_is_dropped(tmp_path):
+    text = fork_script()
+    cut = text.rindex("step:20/20 val_loss")
+    run = parse_log(write(tmp_path / "f.txt", text[:cut] + "step:20/20 train_time:3000ms step_avg:150.00ms\n"))
+    assert not run.complete and "act_max_entry" not in run.points.get(20, {})
+    assert run.points[10]["act_max_entry"] == 14.8
+    assert "1 multi-line block(s) not followed by a validation line ignored" in run.notes
+
+
+def test_directory_scan_reads_logs_in_scripts_and_names_every_skip(tmp_path):
+    d = tmp_path / "runs"
+    write(d / "fork" / "train_spectral_cap.py", fork_script())
+    write(d / "fork" / "helper.py", FAKE_CODE)  # code with log-like lines but no log after a separator
+    write(d / "fork" / "README.md", "# notes\nstep:1/2 val_loss:3.0 train_time:1ms step_avg:1ms\n")
+    write(d / "console.out", speedrun_log(3.3))
+    write(d / "ckpt.pt", "")
+    (d / "ckpt.pt").write_bytes(b"PK\x03\x04\x00\x00" + bytes(100))
+    write(d / ".git" / "HEAD", "ref: refs/heads/main\n")
+    err = io.StringIO()
+    runs = compare.load_runs([str(d)], err=err)
+    assert sorted(os.path.basename(r.path) for r in runs) == ["console.out", "train_spectral_cap.py"]
+    lines = err.getvalue().splitlines()
+    for name, reason in [("helper.py", "not a log file"), ("README.md", "not a log file"),
+                         ("ckpt.pt", "binary file")]:
+        assert sum(name in x and reason in x for x in lines) == 1, (name, lines)
+    assert lines[-1] == "compare.py: read 2 log(s), skipped 3 file(s); 1 hidden file(s)/folder(s) not scanned"
+    # named explicitly, a script is read whatever its extension (and without a separator)
+    assert compare.load_runs([str(d / "fork" / "helper.py")], err=io.StringIO())[0].val_steps == [1, 2]
+
+
+# ---------------------------------------------------------------------------- mixed groups and --group-by
+
+def test_source_hash_tells_identical_code_apart(tmp_path):
+    a1 = parse_log(write(tmp_path / "a1.txt", speedrun_log(3.28)))
+    a2 = parse_log(write(tmp_path / "a2.txt", speedrun_log(3.30).replace("| NVIDIA-SMI 550", "| NVIDIA-SMI 560")))
+    b = parse_log(write(tmp_path / "b.txt", speedrun_log(3.29).replace("import torch", "import torch, os")))
+    assert a1.source_hash == a2.source_hash != b.source_hash  # hardware is not source; code is
+    assert len(a1.source_hash) == 12
+    ours = [parse_log(p) for p in _seed_logs(tmp_path, "o", 1.0, A_LOSSES)]
+    assert len({r.source_hash for r in ours}) == 1 and ours[0].source_hash != a1.source_hash
+    assert parse_log(write(tmp_path / "n.txt", "step:1/1 val_loss:3.0 train_time:1ms step_avg:1ms\n")).source_hash is None
+
+
+def test_mixed_folder_warns_and_group_by_splits_it(tmp_path, capsys):
+    d = tmp_path / "records"
+    write(d / "record-1.txt", speedrun_log(3.28))
+    write(d / "record-2.txt", speedrun_log(3.27))
+    write(d / "reference.txt", speedrun_log(3.31).replace("import torch", "import torch  # reference"))
+    write(d / "longer.txt", speedrun_log(3.20, m=4))
+    runs = compare.load_runs([str(d)], err=io.StringIO())
+    groups = group_runs(runs)
+    assert len(groups) == 1
+    (label, found), = compare.group_warnings(groups).items()
+    assert found == ["mixes step counts 3, 4",
+                     "mixes 2 different source codes (--group-by source splits them)"]
+    assert "warning: mixes step counts 3, 4" in summary_table(groups)
+    by_source = group_runs(runs, ["source"])
+    assert sorted(len(g) for g in by_source.values()) == [1, 3]
+    assert all(label.startswith("speedrun source=") for label in by_source)
+    by_file = group_runs(runs, ["file"])
+    assert len(by_file) == 4 and compare.group_warnings(by_file) == {}
+    by_name = group_runs(runs, compare.parse_group_by(r"re:^(record|reference)"))
+    assert {label: len(g) for label, g in by_name.items()} == {
+        "speedrun re=record": 2, "speedrun re=(no match)": 1, "speedrun re=reference": 1}
+    # the CLI prints the warning on stderr and splits with --group-by
+    assert compare.main([str(d), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "compare.py: warning: group 'speedrun (" in err and "mixes step counts 3, 4" in err
+    assert compare.main([str(d), "--no-plots", "--group-by", "source,dir"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err.replace("mixes step counts", "") or "source codes" not in err
+
+
+def test_group_by_parsing():
+    assert compare.parse_group_by("w_max, constraint") == ["w_max", "constraint"]
+    assert compare.parse_group_by(r"w_max,re:(\w+),s\d") == ["w_max", r"re:(\w+),s\d"]  # the regex keeps its comma
+    with pytest.raises(ValueError, match="invalid regex"):
+        compare.parse_group_by("re:(")
+    with pytest.raises(ValueError, match="no key"):
+        compare.parse_group_by(" , ")
+
+
+def test_group_by_regex_on_our_file_names(tmp_path):
+    paths = []
+    for name, w in [("softcap-w1", 1.0), ("softcap-w2", 2.0)]:
+        for seed in range(2):
+            vals = {0: (4.0, 0.0, "0.0", 1.0), 4: (3.0 - w / 10 + seed / 100, 0.3, "5", 5.0)}
+            paths.append(write(tmp_path / f"{name}-s{seed}.txt", our_log(config(seed, w), vals)))
+    runs = [parse_log(p) for p in paths]
+    groups = group_runs(runs, [r"re:(.*)-s\d+\.txt"])
+    assert {label: len(g) for label, g in groups.items()} == {"re=softcap-w1": 2, "re=softcap-w2": 2}
+
+
+def test_redundant_keys_left_out_of_labels_and_named(tmp_path):
+    paths = []
+    for w in (1.0, 2.0):
+        vals = {0: (4.0, 0.0, "0.0", 1.0), 4: (3.0, 0.3, "5", 5.0)}
+        paths.append(write(tmp_path / f"w{w}.txt", our_log(config(0, w, lm_head_w_max=w), vals)))
+    groups = group_runs([parse_log(p) for p in paths])
+    assert list(groups) == ["w_max=1.0", "w_max=2.0"] and groups.hidden == {"lm_head_w_max": "w_max"}
+    assert "lm_head_w_max (with w_max)" in summary_table(groups)
+
+
+# ---------------------------------------------------------------------------- truncated groups, plots
+
+def test_truncated_group_marked_in_table_and_plots(tmp_path):
+    """Like the spectral_normalize runs stopped at step 1550 of 2000: the group says so everywhere."""
+    paths = _seed_logs(tmp_path, "a", 1.0, A_LOSSES)
+    paths.append(write(tmp_path / "t" / "t.txt", our_log(config(0, 1.0, "spectral_normalize"), VALS, stop_after=3)))
+    groups = group_runs([parse_log(p) for p in paths])
+    label = "constraint=spectral_normalize"
+    assert compare.truncation_mark(groups[label]) == "(stopped at 2/4)"
+    assert compare.truncation_mark(groups["constraint=soft_cap"]) == ""
+    assert f"| {label} (stopped at 2/4) | 1 | 2.5000 |" in summary_table(groups)
+    figs = compare.make_figures(groups)
+    try:
+        texts = [t.get_text() for t in figs["val_loss_vs_step.png"].legends[0].get_texts()]
+        assert texts[1] == f"{label}\n(stopped at 2/4) (n=1)" and "stopped" not in texts[0]
+        assert any("stopped at 2/4" in t.get_text() for t in figs["frontier.png"].legends[0].get_texts())
+    finally:
+        _close(figs)
+
+
+def _close(figs):
+    import matplotlib.pyplot as plt
+    for fig in figs.values():
+        if fig is not None:
+            plt.close(fig)
+
+
+def _fifteen_groups(tmp_path):
+    """15 configurations that differ in several long-named keys (one stopped early), 1-2 seeds each,
+    plus two speedrun folders given by absolute path."""
+    paths = []
+    for g in range(15):
+        extra = {"muon_lr": [0.025, 0.05, 0.1][g % 3], "final_logit_scale": [4.0, 8.0, 16.0][g // 5],
+                 "lm_head_w_max": [1.0, 2.0, 4.0][g % 3],
+                 "attn_logit_scale": 8.0 + (g == 7), "optimizer": "adamw" if g == 14 else "muon"}
+        for seed in range(1 + g % 2):
+            final = 1.45 + g / 100 + seed / 1000 + (2.0 if g == 13 else 0.0)  # one far-off group
+            vals = {s: (final + (5.5 - final) * math.exp(-s / 2) * (s < 8), 0.5, f"{8 + g / 10}", 4.0 + g)
+                    for s in range(0, 9, 2)}
+            cfg = config(seed, [1.0, 2.0, 3.0, 4.0, 5.0][g % 5], "soft_cap" if g < 12 else "spectral_normalize",
+                         num_iterations=8, **extra)
+            paths.append(write(tmp_path / "runs" / f"g{g}-s{seed}.txt",
+                               our_log(cfg, vals, stop_after=5 if g == 12 else None)))
+    for sub in ("2024-10-14_ModernArch", "2025-01-16_Sub3Min"):
+        paths.append(write(tmp_path / "records" / "track_1_short" / sub / "log.txt", speedrun_log(3.28, m=8)))
+    return group_runs([parse_log(p) for p in paths])
+
+
+def test_plots_at_15_groups_are_readable(tmp_path):
+    """Legend outside every axes (bounding boxes, labels and ticks included), one colour+linestyle
+    per group, short labels without absolute paths, a zoomed panel that hides no close group."""
+    groups = _fifteen_groups(tmp_path)
+    assert len(groups) == 17
+    figs = compare.make_figures(groups)
+    try:
+        for name, fig in figs.items():
+            assert fig is not None, name
+            fig.canvas.draw()
+            renderer = fig.canvas.get_renderer()
+            (legend,) = fig.legends
+            box = legend.get_window_extent(renderer)
+            fig_box = fig.bbox
+            assert box.x0 >= fig_box.x0 - 1 and box.y0 >= fig_box.y0 - 1  # inside the figure
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_tightbbox(renderer)), name
+            texts = [t.get_text() for t in legend.get_texts()]
+            n = 17 if name.startswith("val_loss") else 15  # speedrun logs have no bound or activations
+            assert len(texts) == n and len(set(texts)) == n
+            assert all(len(line) <= compare.MAX_LABEL for t in texts for line in t.split("\n")), texts
+            assert all(str(tmp_path) not in t for t in texts)
+            if name != "frontier.png":
+                looks = [(h.get_color(), h.get_linestyle()) for h in legend.legend_handles]
+                assert len(set(looks)) == n, looks
+        texts = [t.get_text() for t in figs["val_loss_vs_step.png"].legends[0].get_texts()]
+        assert "speedrun 2024-10-14_ModernArch (n=1)" in texts, texts
+        assert any(t.startswith("optimizer=adamw") for t in texts)
+        zoom = figs["val_loss_vs_step.png"].axes[1]
+        lo, hi = zoom.get_ylim()
+        assert lo < 1.45 and 1.45 + 14 / 100 < hi < 3.0  # every close group in range, the far ones not
+        assert "3 group(s) above the range" in zoom.get_title()  # group 13 and the two speedrun folders
+    finally:
+        _close(figs)
+    written = compare.write_plots(groups, str(tmp_path / "plots"), err=io.StringIO())
+    assert len(written) == len(compare.PLOT_FILES)
+
+
+def test_group_styles_unique():
+    styles = compare.group_styles(120)
+    assert len({(s["color"], s["linestyle"]) for s in styles[:40]}) == 40
+    assert len({(s["color"], s["linestyle"], s["marker"]) for s in styles}) == 120
+    assert len({(s["color"], s["marker"]) for s in styles[:100]}) == 100
+
+
+def test_cli_unwritable_plots_dir_one_line(tmp_path, capsys):
+    p = write(tmp_path / "a.txt", our_log(config(1), VALS))
+    blocker = write(tmp_path / "file", "x")
+    assert compare.main([p, "--plots", os.path.join(blocker, "plots")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"compare.py: --plots {blocker}/plots: {blocker} is not a directory")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert compare.main([p, "--plots", str(ro / "plots")]) == 2
+        assert "is not writable" in capsys.readouterr().err
+    # the check passes, but writing fails anyway (e.g. a full disk): still one line
+    def fail(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    import unittest.mock
+    with unittest.mock.patch.object(compare, "_save_atomic", fail):
+        assert compare.main([p, "--plots", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"compare.py: --plots {tmp_path}/plots: cannot write (Permission denied); give a writable directory or --no-plots"
+
+
+def test_cli_bad_group_by_regex(tmp_path, capsys):
+    p = write(tmp_path / "a.txt", our_log(config(1), VALS))
+    assert compare.main([p, "--no-plots", "--group-by", "re:(unclosed"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compare.py: --group-by: invalid regex '(unclosed'") and err.count("\n") == 1
+
+
+def test_step_lines_exposed_for_format_checks(tmp_path):
+    run = parse_log(write(tmp_path / "a.txt", our_log(config(1), VALS)))
+    assert run.step_lines[0] == "step:0/4 val_loss:4.1744 val_acc:0.0152 train_time:0ms step_avg:50.00ms"
+    assert len(run.step_lines) == 4 * 3 + 4  # 3 validations of 4 lines, 4 training lines

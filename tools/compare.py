@@ -838,13 +838,14 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
 
 
 def group_styles(n: int) -> list[dict]:
-    """n distinct (colour, linestyle, marker) combinations: colours cycle fastest, then linestyles
-    (40 distinct line looks), then markers; frontier points use colour + marker."""
+    """n (colour, linestyle, marker) combinations: colours cycle fastest, then linestyles and
+    markers together. Distinct (colour, linestyle) for n <= 40, (colour, marker) for the frontier's
+    points for n <= 100, all three for n <= 200."""
     out = []
     for i in range(n):
         c, rest = i % len(_COLORS), i // len(_COLORS)
         out.append({"color": _COLORS[c], "linestyle": _LINESTYLES[rest % len(_LINESTYLES)],
-                    "marker": _MARKERS[(rest + i // (len(_COLORS) * len(_LINESTYLES))) % len(_MARKERS)]})
+                    "marker": _MARKERS[rest % len(_MARKERS)]})
     return out
 
 
@@ -871,8 +872,9 @@ def wrap_label(text: str, max_lines: int | None = None) -> str:
 
 def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
     """({label: short legend label}, reference text or None). Labels that fit on LABEL_LINES lines
-    of MAX_LABEL characters are kept. Otherwise a configured group is labelled by the key=value pairs that differ from the most
-    common value over the groups ("reference" when none does, and the reference text lists those
+    of MAX_LABEL characters are kept. Otherwise a configured group is labelled by the key=value
+    pairs that differ from the most common value over the groups, rarest values first
+    ("reference" when none does, and the reference text lists those
     common values), and a speedrun group by its folder or file relative to the folder all such
     groups share. Labels stay unique and at most LABEL_LINES * MAX_LABEL characters long."""
     labels = list(groups)
@@ -891,7 +893,9 @@ def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
     out: dict[str, str] = {}
     for label in labels:
         if label in configured:
-            diff = [f"{_key_name(k)}={v}" for k, v in fields[label] if v != common[k]]
+            # rarest values first: what sets this group apart survives a cut
+            diff = [f"{_key_name(k)}={v}" for k, v in sorted(
+                fields[label], key=lambda kv: counts[kv[0]][kv[1]]) if v != common[k]]
             short = " ".join(diff) or "reference"
         else:
             parts = []
@@ -976,10 +980,13 @@ def _zoom_limits(curves, fraction: float) -> tuple[tuple[float, float], tuple[fl
     return (x0, x1), (lo - pad, hi + pad), len(ends) - len(kept)
 
 
-def _figure(plt, panels: int, n_groups: int):
-    """Figure with `panels` axes side by side and room on the right for a legend of n_groups."""
-    height = max(4.5, 0.17 * n_groups + 1.5)
-    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 3.2, height), squeeze=False,
+def _figure(plt, panels: int, texts: list[str], title: str | None):
+    """Figure with `panels` axes side by side, tall enough for a legend of `texts` (7 pt: ~0.12 in
+    per text line, ~0.05 in between entries) and its title, which goes to their right."""
+    lines = sum(t.count("\n") + 1 for t in texts) + (title.count("\n") + 1 if title else 0)
+    columns = 1 if len(texts) <= 30 else 2
+    height = max(4.5, (0.125 * lines + 0.06 * len(texts)) / columns + 1.0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 3.2 * columns, height), squeeze=False,
                              layout="constrained")
     return fig, list(axes[0])
 
@@ -997,9 +1004,9 @@ def _curve_figure(plt, groups, key, xkey, xlabel, ylabel, title, logy=False, zoo
     if not any(xr for g in curves for xr, _ in g):
         return None
     limits = _zoom_limits(curves, ZOOM_FRACTION) if zoom else None
-    fig, axes = _figure(plt, 2 if limits else 1, len(groups))
     styles = group_styles(len(groups))
     texts = _legend_entries(groups)
+    fig, axes = _figure(plt, 2 if limits else 1, texts, _legend_title(groups))
     handles = []
     for g, (per_run, style) in enumerate(zip(curves, styles)):
         runs = list(groups.values())[g]
@@ -1044,9 +1051,9 @@ def _frontier_figure(plt, groups):
     finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
     if not any(finite(loss) and finite(bound) for loss, _, bound, _ in points):
         return None
-    fig, (ax,) = _figure(plt, 1, len(groups))
     styles = group_styles(len(groups))
     texts = _legend_entries(groups)
+    fig, (ax,) = _figure(plt, 1, texts, _legend_title(groups))
     handles, kept = [], []
     for i, ((loss, loss_std, bound, bound_std), style) in enumerate(zip(points, styles)):
         if not finite(loss):
