@@ -554,14 +554,15 @@ def group_runs(runs: list[RunLog], keys: list[str] | None = None) -> Groups:
     varying = [k for j, k in enumerate(keys) if len({i[j][1] for i in with_config}) > 1]
     hidden: dict[str, str] = {}
     shown: list[str] = []
-    for k in varying:  # a key whose values split the runs exactly like an earlier one adds nothing
-        j = keys.index(k)
-        same = next((s for s in shown if _partition([i[keys.index(s)][1] for i in with_config])
-                     == _partition([i[j][1] for i in with_config])), None)
+    split = {k: _partition([i[keys.index(k)][1] for i in with_config]) for k in varying}
+    # a key whose values split the runs exactly like another adds nothing: show the headline one
+    for k in sorted(varying, key=lambda k: k not in _HEADLINE_KEYS):
+        same = next((s for s in shown if split[s] == split[k]), None)
         if same is None:
             shown.append(k)
         else:
             hidden[k] = same
+    shown = [k for k in varying if k in shown]
     if not varying:
         shown = [k for k in _HEADLINE_KEYS if k in keys] or keys[:4]
     groups = Groups()
