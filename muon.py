@@ -12,13 +12,24 @@ update's RMS->RMS norm lr * sigma_max(orth(u)) <= lr * sigma_orth, where sigma_o
 value the orthogonalizer can output (ORTH_MAX_SINGULAR_VALUE); that is the max_update_norm the constraint
 (e.g. the soft cap's coupling) is told about, times a safety margin for low-precision arithmetic.
 
-Distributed: with torch.distributed initialised (gloo or nccl), the params are split into lists of equal
-shape (shard_plan); ranks own the params of each list round-robin and alone orthogonalize, update and
-constrain them. Then one all_gather per list (launched asynchronously as soon as that list is done, so it
-overlaps the next list's compute) hands every rank the new weights; a rank with fewer params in a list
-pads with zeros. Momentum is elementwise and cheap, so every rank keeps it for every param: the
-state_dict is then the same on every rank, except the constraint's own warm-start state (e.g.
-power-iteration vectors), which lives with the owning rank.
+Each equal-shape list of a param group is updated as ONE stacked batch: one msign call and one
+constraints.apply call per list (48 attention matrices: one call each, not 48), with no host
+synchronisation anywhere in step() (no .item(), no data-dependent Python branches), so the GPU queue
+never drains.
+
+Distributed: with torch.distributed initialised (gloo or nccl), the lists (shard_plan) are shared out:
+  - whole matrices: in a list at least as long as the world, ranks own params round-robin, stack and
+    update them, and one all_gather per list (launched asynchronously, so it overlaps the next list's
+    compute) hands every rank the new weights; a rank with fewer params in a list pads with zeros.
+  - long-side slices: a list shorter than the world (the lm_head: one 50304x768 matrix, ~31% of all
+    orthogonalization in GPT-2 small) would leave most ranks idle while one works. Its matrices are
+    split along their long side instead, one slice per rank. This is exact, not an approximation:
+    msign and every shardable constraint map X to X p(X^T X) for the short-side Gram X^T X, which is
+    the sum of the slices' Grams; so each step all_reduces the small (768x768) Gram and each rank
+    computes its slice of the result exactly as in one piece. (Splitting the work across ranks any other
+    way, e.g. msign of each block, would not be the polar factor of the matrix.)
+Momentum is elementwise and cheap, so every rank keeps it for every param: the state_dict is then the
+same on every rank.
 Without torch.distributed initialised it is plain single-process Muon.
 
 Every option is per param group: the trainer uses one group for hidden matrices and one for the lm_head
@@ -27,6 +38,7 @@ group["lr"] and group["momentum"] before step(), as with any torch optimizer. Em
 belong to torch.optim.Adam.
 """
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -41,11 +53,6 @@ ORTH_MAX_SINGULAR_VALUE = {
     "fork": constraints.FORK_MAX_SINGULAR_VALUE,
     "polar_express": 1.0,
 }
-
-# Constraints whose job is the decay itself (they apply lr * weight_decay): Muon then skips its own decay
-# so it is not applied twice. For every other constraint Muon decays before the update, as the soft
-# cap's coupling k = w_max (1 - lr wd) + max_update_norm assumes.
-DECAY_CONSTRAINTS = ("weight_decay", "spectral_weight_decay")
 
 
 def default_orth_dtype(device: torch.device) -> torch.dtype:
@@ -74,20 +81,67 @@ def equal_shape_lists(params: list) -> list[list]:
     return list(lists.values())
 
 
-def shard_plan(param_groups: list[dict], rank: int, world: int) -> list[tuple[dict, list, list, int]]:
-    """Who updates what: (group, equal-shape params, the params `rank` owns, the rank owning params[0]).
+class Shard(NamedTuple):
+    """One equal-shape list of a param group, and this rank's part of it.
+    split False: `owned` are the whole params this rank updates; params[i] is owned by rank
+    (first + i) % world, in slot i // world of that rank's all_gather. split True: every rank updates
+    slice `rank` of every param's long side (owned == params)."""
+    group: dict
+    params: list
+    owned: list
+    first: int
+    split: bool
 
-    Lists come largest matrices first (their big all_gathers then overlap the rest of the step). Within a
-    list ownership is round-robin, param i to rank (first + i) % world, and `first` continues from where
-    the previous list stopped, so lists shorter than the world size do not all land on rank 0.
+
+def splits_along_long_side(shape: tuple, count: int, world: int) -> bool:
+    """Whether a list of `count` matrices of `shape` is sliced across ranks rather than owned whole:
+    when it has fewer matrices than ranks and each rank's slice keeps the matrix's orientation (a slice
+    of a tall matrix's rows is still at least as tall as wide)."""
+    m, n = shape[-2:]
+    long_, short = (m, n) if m >= n else (n, m + 1)  # a wide slice must stay strictly wide
+    return world > 1 and count < world and -(-long_ // world) >= short
+
+
+def shard_plan(param_groups: list[dict], rank: int, world: int) -> list[Shard]:
+    """Who updates what, as one Shard per equal-shape list of each group.
+
+    Lists come largest matrices first (their big all_gathers then overlap the rest of the step). Lists of
+    whole matrices are owned round-robin, param i to rank (first + i) % world, where `first` continues from
+    where the previous such list stopped, so lists shorter than the world size do not all land on rank 0.
+    Lists split along the long side (splits_along_long_side; only for constraints that are shardable)
+    give every rank a slice of every matrix.
     """
     lists = [(group, params) for group in param_groups for params in equal_shape_lists(group["params"])]
     lists.sort(key=lambda item: -item[1][0].numel())
     plan, first = [], 0
     for group, params in lists:
-        plan.append((group, params, params[(rank - first) % world::world], first))
+        shardable = constraints.PROPERTIES[group["constraint"]].shardable
+        if shardable and splits_along_long_side(tuple(params[0].shape), len(params), world):
+            plan.append(Shard(group, params, params, 0, True))
+            continue
+        plan.append(Shard(group, params, params[(rank - first) % world::world], first, False))
         first = (first + len(params)) % world
     return plan
+
+
+def _long_dim(shape) -> int:
+    """The dim of (..., m, n) that a long-side slice cuts: rows if m >= n, else columns."""
+    return -2 if shape[-2] >= shape[-1] else -1
+
+
+def _slice_long_side(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Slice `rank` of world equal slices of x's long side (zero-padded to a multiple of world)."""
+    dim = _long_dim(x.shape)
+    size = -(-x.shape[dim] // world)
+    pad = size * world - x.shape[dim]
+    if pad:  # zero rows (columns) add nothing to the Gram and stay zero
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad) if dim == -2 else (0, pad))
+    return x.narrow(dim, rank * size, size)
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(t)
+    return t
 
 
 class Muon(torch.optim.Optimizer):
@@ -142,21 +196,25 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for group in self.param_groups:  # every check before any state changes
             self._check_soft_cap_coupling(group)
+        for group in self.param_groups:
+            self._update_momentum(group)
         rank, world = rank_and_world_size()
         gathers = []
-        for group, params, owned, first in shard_plan(self.param_groups, rank, world):
-            for p in params:
-                self._update_momentum(p, group)
-            for p in owned:
-                self._update_and_constrain(p, group)
+        for shard in shard_plan(self.param_groups, rank, world):
+            if shard.split:
+                self._update_slices(shard, rank, world)
+                continue
+            live = [p for p in shard.owned if p.grad is not None]
+            if live:
+                torch._foreach_copy_(live, list(self._updated_stack(live, shard.group).unbind(0)))
             if world > 1:
-                gathers.append((self._start_all_gather(params, owned, world), params, first))
-        for (work, received), params, first in gathers:
+                gathers.append((self._start_all_gather(shard.params, shard.owned, world), shard))
+        for (work, received), shard in gathers:
             work.wait()
-            for i, p in enumerate(params):  # param i is owned by rank (first + i) % world, in its slot i // world
-                p.copy_(received[(first + i) % world][i // world])
+            n = len(shard.params)  # param i is owned by rank (first + i) % world, in its slot i // world
+            torch._foreach_copy_(shard.params, [received[(shard.first + i) % world][i // world] for i in range(n)])
         return loss
 
     def max_update_norm(self, group: dict) -> float:
@@ -165,33 +223,62 @@ class Muon(torch.optim.Optimizer):
 
     def _check_soft_cap_coupling(self, group: dict) -> None:
         """Raises constraints' ValueError (lr too large for w_max) before any weight changes, not midway."""
-        if group["constraint"] == "soft_cap":
+        if constraints.PROPERTIES[group["constraint"]].coupled:
             constraints.soft_cap_alpha(group["w_max"], self.max_update_norm(group), group["lr"], group["weight_decay"])
 
-    def _update_momentum(self, p: torch.Tensor, group: dict) -> None:
-        if p.grad is None:
-            return
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        state["momentum_buffer"].lerp_(p.grad, 1 - group["momentum"])
+    def _update_momentum(self, group: dict) -> None:
+        """buf <- momentum * buf + (1 - momentum) * grad for every param of the group, in one foreach."""
+        live = [p for p in group["params"] if p.grad is not None]
+        for p in live:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        if live:
+            torch._foreach_lerp_([self.state[p]["momentum_buffer"] for p in live], [p.grad for p in live],
+                                 1 - group["momentum"])
 
-    def _update_and_constrain(self, p: torch.Tensor, group: dict) -> None:
-        """Orthogonalized update of one owned matrix, then its constraint, in place."""
-        if p.grad is None:
+    def _new_weights(self, W: torch.Tensor, grads: torch.Tensor, bufs: torch.Tensor, group: dict,
+                     shape: tuple, shards: "constraints.LongSideShards | None" = None) -> torch.Tensor:
+        """Decay, orthogonalized step and constraint of a stack W (k, *shape) (or of its long-side slices),
+        given the stacked gradients and momentum buffers: one msign call and one constraint call."""
+        lr, wd = group["lr"], group["weight_decay"]
+        u = grads.lerp_(bufs, group["momentum"]) if group["nesterov"] else bufs
+        orth_dtype = group["orth_dtype"] or default_orth_dtype(W.device)
+        reduce = shards.reduce if shards is not None else None
+        o = constraints.msign(u.to(orth_dtype), coeffs=group["orthogonalizer"], gram_reduce=reduce)
+        info = constraints.PROPERTIES[group["constraint"]]
+        if not info.decays:  # a decay-type constraint applies lr * wd itself; every other: decay here, first
+            W.mul_(1 - lr * wd)
+        W.add_(o.to(W.dtype), alpha=-lr * math.sqrt(shape[-2] / shape[-1]))
+        # check_finite=False: no host sync; a nan shows up in the loss the trainer logs.
+        return constraints.apply(W, group["constraint"], group["w_max"], lr=lr, weight_decay=wd,
+                                 max_update_norm=self.max_update_norm(group), check_finite=False,
+                                 shards=shards)
+
+    def _updated_stack(self, params: list, group: dict) -> torch.Tensor:
+        """New weights of whole params (all of one shape), as a stack (k, *shape)."""
+        grads = torch.stack([p.grad for p in params]).to(params[0].dtype)
+        bufs = torch.stack([self.state[p]["momentum_buffer"] for p in params])
+        return self._new_weights(torch.stack(params), grads, bufs, group, tuple(params[0].shape))
+
+    def _update_slices(self, shard: Shard, rank: int, world: int) -> None:
+        """Every rank updates its long-side slice of every param of the list (Grams summed across ranks),
+        then all ranks gather the slices back into whole matrices."""
+        params = [p for p in shard.params if p.grad is not None]
+        if not params:
             return
-        state, lr, wd = self.state[p], group["lr"], group["weight_decay"]
-        buf = state["momentum_buffer"]
-        u = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-        orth_dtype = group["orth_dtype"] or default_orth_dtype(p.device)
-        o = constraints.msign(u.to(orth_dtype), coeffs=group["orthogonalizer"]).to(p.dtype)
-        d_out, d_in = p.shape[-2:]
-        if group["constraint"] not in DECAY_CONSTRAINTS:
-            p.mul_(1 - lr * wd)
-        p.add_(o, alpha=-lr * math.sqrt(d_out / d_in))
-        # check_finite=False: no host sync per matrix; a nan shows up in the loss the trainer logs.
-        p.copy_(constraints.apply(p, group["constraint"], group["w_max"], lr=lr, weight_decay=wd,
-                                  max_update_norm=self.max_update_norm(group), state=state, check_finite=False))
+        shape = tuple(params[0].shape)
+        dim = _long_dim(shape)
+        take = lambda xs: _slice_long_side(torch.stack(xs), rank, world)  # noqa: E731
+        W = take(list(params))
+        grads = take([p.grad.to(p.dtype) for p in params])
+        bufs = take([self.state[p]["momentum_buffer"] for p in params])
+        shards = constraints.LongSideShards(length=shape[dim], reduce=_all_reduce_sum)
+        mine = self._new_weights(W.contiguous(), grads.contiguous(), bufs.contiguous(), group=shard.group,
+                                 shape=shape, shards=shards).contiguous()
+        pieces = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(pieces, mine)
+        whole = torch.cat(pieces, dim=dim).narrow(dim, 0, shape[dim])
+        torch._foreach_copy_(params, list(whole.unbind(0)))
 
     @staticmethod
     def _start_all_gather(params: list, owned: list, world: int):

@@ -10,6 +10,7 @@ The gradients come from a seeded toy loss that every rank evaluates on the same 
 been all-reduced. The matrices form equal-shape lists of 3, 2 and 1 (7 params in all, plus a 3-D batch),
 so the world size divides none of the list lengths.
 """
+import contextlib
 import os
 import sys
 
@@ -22,6 +23,26 @@ from muon import Muon  # noqa: E402
 HIDDEN_SHAPES = [(16, 8), (8, 16), (16, 8), (12, 12), (8, 16), (16, 8), (2, 8, 8)]
 LM_HEAD_SHAPE = (32, 8)
 STEPS, RESUME_AT = 4, 2
+
+
+SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Inside: every Tensor method that hands a value to Python (a host sync on a GPU) raises AssertionError."""
+    saved = {name: getattr(torch.Tensor, name) for name in SYNCS}
+    def trap(name):
+        def raise_(*args, **kwargs):
+            raise AssertionError(f"host sync: Tensor.{name} called")
+        return raise_
+    try:
+        for name in SYNCS:
+            setattr(torch.Tensor, name, trap(name))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
 
 
 def make_params(seed: int = 0) -> tuple[list, list]:
@@ -73,7 +94,8 @@ def run(constraint: str, steps: int, resume_at: int | None = None) -> list[list[
             opt.load_state_dict(saved)
         schedule(opt, step)
         toy_loss_backward(params, step)
-        opt.step()
+        with no_host_sync():  # also under torchrun: the collectives must not sync either
+            opt.step()
         trajectory.append([p.detach().clone() for p in params])
     return trajectory
 

@@ -1,6 +1,7 @@
 """Muon: update formula, caps after every step, resume, orthogonalizer bounds, one process vs torchrun."""
 import io
 import math
+import re
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import constraints
-from muon import ORTH_MAX_SINGULAR_VALUE, Muon, equal_shape_lists, shard_plan
+from muon import ORTH_MAX_SINGULAR_VALUE, Muon, equal_shape_lists, shard_plan, splits_along_long_side
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dist_muon_worker as worker  # noqa: E402
@@ -69,7 +70,14 @@ def test_rejects_params_that_are_not_matrices(shape):
     p = torch.nn.Parameter(torch.ones(shape))
     with pytest.raises(ValueError, match="Adam"):
         Muon([p])
-    assert torch.equal(p, torch.ones(shape))
+    good = torch.nn.Parameter(torch.ones(3, 3))
+    opt = Muon([good], constraint="none")
+    with pytest.raises(ValueError, match=rf"shape {re.escape(str(tuple(shape)))}.*Adam"):
+        opt.add_param_group(dict(params=[p]))
+    assert len(opt.param_groups) == 1 and all(q is not p for q in opt.param_groups[0]["params"])
+    good.grad = torch.ones(3, 3)
+    opt.step()  # the optimizer is still whole after the refusal
+    assert not torch.equal(good, torch.ones(3, 3))
 
 
 @pytest.mark.parametrize("option", [dict(constraint="cap_everything"), dict(orthogonalizer="svd"), dict(lr=-1.0),
@@ -92,24 +100,45 @@ def test_equal_shape_lists_keep_first_appearance_order():
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
-def test_shard_plan_gives_every_param_exactly_one_owner(world):
+def test_shard_plan_gives_every_param_one_owner_or_a_slice_on_every_rank(world):
     hidden, lm_head = worker.make_params()
-    groups = [dict(params=hidden), dict(params=lm_head)]
+    groups = [dict(params=hidden, constraint="soft_cap"), dict(params=lm_head, constraint="soft_cap")]
     plans = [shard_plan(groups, rank, world) for rank in range(world)]
-    owners = {}
+    owners, split = {}, set()
     for rank, plan in enumerate(plans):
-        for (_, params, owned, first), (_, params0, _, first0) in zip(plan, plans[0]):
-            assert params == params0 and first == first0  # every rank walks the same lists in the same order
-            for p in owned:
-                i = next(i for i, q in enumerate(params) if q is p)
-                assert (first + i) % world == rank
+        for shard, shard0 in zip(plan, plans[0]):
+            # every rank walks the same lists in the same order
+            assert shard.params == shard0.params and shard.first == shard0.first and shard.split == shard0.split
+            if shard.split:
+                assert shard.owned == shard.params
+                split.update(id(p) for p in shard.params)
+                continue
+            for p in shard.owned:
+                i = next(i for i, q in enumerate(shard.params) if q is p)
+                assert (shard.first + i) % world == rank
                 owners.setdefault(id(p), []).append(rank)
-    assert sorted(owners) == sorted(id(p) for p in hidden + lm_head)
+    assert set(owners) | split == {id(p) for p in hidden + lm_head} and not set(owners) & split
     assert all(len(r) == 1 for r in owners.values())
-    sizes = [params[0].numel() for _, params, _, _ in plans[0]]
+    sizes = [shard.params[0].numel() for shard in plans[0]]
     assert sizes == sorted(sizes, reverse=True)
-    if world == 2:  # lists of 1, 1, 3, 2, 1 params: 4 each (restarting every list at rank 0 would give 6 and 2)
-        assert [sum(len(owned) for _, _, owned, _ in plan) for plan in plans] == [4, 4]
+    # the lm_head (one 32x8 matrix) is sliced 16x8 on 2 ranks and 11x8 on 3; on 5 a slice (7x8) would be wide
+    assert (id(lm_head[0]) in split) == (world in (2, 3))
+    counts = [sum(len(s.owned) for s in plan if not s.split) for plan in plans]
+    assert max(counts) - min(counts) <= 1  # whole matrices spread evenly (restarting lists at rank 0 would not)
+
+
+def test_shard_plan_keeps_whole_matrices_for_constraints_that_need_them():
+    _, lm_head = worker.make_params()
+    [shard] = shard_plan([dict(params=lm_head, constraint="svd_cap")], 0, 2)
+    assert not shard.split
+
+
+@pytest.mark.parametrize("shape,count,world,split", [
+    ((50304, 768), 1, 8, True), ((768, 50304), 1, 8, True), ((768, 768), 1, 8, False),
+    ((50304, 768), 1, 1, False), ((3072, 768), 12, 8, False), ((4096, 768), 2, 8, False),
+])
+def test_splits_along_long_side_only_when_ranks_would_idle_and_slices_keep_orientation(shape, count, world, split):
+    assert splits_along_long_side(shape, count, world) == split
 
 
 # ----------------------------------------------------------------------------- the update formula
@@ -187,6 +216,61 @@ def test_params_without_grad_are_left_alone():
     a.grad = torch.randn(4, 4)
     Muon([a, b], constraint="none").step()
     assert torch.equal(b.detach(), b0)
+
+
+# ----------------------------------------------------------------------------- stacks, no host sync
+
+def gpt_like_params(layers=3, d=16, vocab=40, seed=6):
+    """Per layer q, k, v, o (d x d), fc (4d x d), proj (d x 4d); an lm_head: 3 shape lists + the lm_head."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(d, d)] * 4 + [(4 * d, d), (d, 4 * d)]
+    hidden = [torch.nn.Parameter(matrix_with_norm(s, 0.9, g)) for _ in range(layers) for s in shapes]
+    head = torch.nn.Parameter(matrix_with_norm((vocab, d), 0.9, g))
+    for p in hidden + [head]:
+        p.grad = torch.randn(p.shape, generator=g)
+    return hidden, head
+
+
+@pytest.mark.parametrize("method", ["soft_cap", "spectral_normalize", "hard_cap", "none"])
+def test_step_makes_one_msign_and_one_constraint_call_per_shape_list(monkeypatch, method):
+    hidden, head = gpt_like_params()
+    opt = Muon([dict(params=hidden), dict(params=[head], lr=0.01)], lr=0.02, constraint=method)
+    calls = {"msign": [], "apply": []}
+    inside_apply = []  # msign calls made by a constraint (hard_cap's) are the constraint's, not Muon's
+    real_msign, real_apply = constraints.msign, constraints.apply
+
+    def msign(X, *args, **kwargs):
+        if not inside_apply:
+            calls["msign"].append(tuple(X.shape))
+        return real_msign(X, *args, **kwargs)
+
+    def apply(W, *args, **kwargs):
+        calls["apply"].append(tuple(W.shape))
+        inside_apply.append(1)
+        try:
+            return real_apply(W, *args, **kwargs)
+        finally:
+            inside_apply.pop()
+    monkeypatch.setattr(constraints, "msign", msign)
+    monkeypatch.setattr(constraints, "apply", apply)
+    opt.step()
+    want = sorted([(12, 16, 16), (3, 64, 16), (3, 16, 64), (1, 40, 16)])  # stacks; the lm_head list is one matrix
+    assert sorted(calls["msign"]) == want and sorted(calls["apply"]) == want
+
+
+@pytest.mark.parametrize("method", sorted(constraints.METHODS))
+def test_step_never_synchronizes_with_the_host(monkeypatch, method):
+    """Every way a tensor's value reaches Python (which on a GPU waits for the queue to drain) raises
+    inside Muon.step; the trap itself is checked to fire. (svd_cap's SVD still syncs inside C++ on a GPU,
+    which no Python trap sees: it is the slow reference, not a training default.)"""
+    hidden, head = gpt_like_params(layers=1)
+    opt = Muon([dict(params=hidden), dict(params=[head], lr=0.01, w_max=2.0)], lr=0.02, constraint=method)
+    opt.step()  # first step: lazily created state is allowed to differ from steady state
+    with worker.no_host_sync():
+        with pytest.raises(AssertionError, match="host sync"):
+            bool(torch.ones(()) > 0)
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in hidden + [head])
 
 
 # ----------------------------------------------------------------------------- caps after every step
@@ -273,7 +357,7 @@ def test_state_dict_holds_momentum_and_loads_into_a_fresh_optimizer():
     torch.save(opt.state_dict(), buf)
     fresh = Muon([p], constraint="spectral_normalize")
     fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
-    torch.testing.assert_close(fresh.state[p]["momentum_buffer"], 0.05 * p.grad, rtol=0, atol=0)
+    torch.testing.assert_close(fresh.state[p]["momentum_buffer"], 0.05 * p.grad)  # lerp from 0: float32 rounding
 
 
 # ----------------------------------------------------------------------------- one process vs torchrun
