@@ -617,7 +617,7 @@ def _fifteen_groups(tmp_path):
     paths = []
     for g in range(15):
         extra = {"muon_lr": [0.025, 0.05, 0.1][g % 3], "final_logit_scale": [4.0, 8.0, 16.0][g // 5],
-                 "lm_head_w_max": [1.0, 2.0, 4.0][g % 3],
+                 "lm_head_w_max": [1.0, 2.0, 4.0][g % 3], "lm_head_lr": [0.005, 0.02][g % 2],
                  "attn_logit_scale": 8.0 + (g == 7), "optimizer": "adamw" if g == 14 else "muon"}
         for seed in range(1 + g % 2):
             final = 1.45 + g / 100 + seed / 1000 + (2.0 if g == 13 else 0.0)  # one far-off group

@@ -831,7 +831,7 @@ def _fmt_value(v) -> str:
 PLOT_FILES = ("val_loss_vs_step.png", "val_loss_vs_time.png", "bound_vs_step.png",
               "max_act_vs_step.png", "frontier.png")
 MAX_LABEL = 40  # characters per line of a legend label
-LABEL_LINES = 2  # lines of a legend label before its "(stopped at ...)" mark and run count
+LABEL_LINES = 3  # lines of a legend label before its "(stopped at ...)" mark and run count
 ZOOM_FRACTION = 0.3  # the zoomed panel shows the last 30% of training
 _COLORS = [f"C{i}" for i in range(10)]
 _LINESTYLES = ["-", "--", ":", "-."]
@@ -857,7 +857,7 @@ def _common_dir(paths: list[str]) -> str:
         return ""
 
 
-def _shorten(text: str, width: int = MAX_LABEL * LABEL_LINES) -> str:
+def _shorten(text: str, width: int = 2 * MAX_LABEL) -> str:
     """At most `width` characters, an ellipsis marking a cut."""
     return text if len(text) <= width else text[:width - 1] + "…"
 
@@ -872,18 +872,19 @@ def wrap_label(text: str, max_lines: int | None = None) -> str:
 
 
 def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
-    """({label: short legend label}, reference text or None). Labels that fit on LABEL_LINES lines
-    of MAX_LABEL characters are kept. Otherwise a configured group is labelled by the key=value
-    pairs that differ from the most common value over the groups, rarest values first
-    ("reference" when none does, and the reference text lists those
-    common values), and a speedrun group by its folder or file relative to the folder all such
-    groups share. Labels stay unique and at most LABEL_LINES * MAX_LABEL characters long."""
+    """({label: legend label}, reference text or None). A speedrun group is labelled by its folder
+    (or file) relative to the folder all speedrun groups share. Configured groups keep their labels
+    when these all fit on LABEL_LINES lines of MAX_LABEL characters (self-explanatory); otherwise
+    each is labelled by the key=value pairs that differ from the most common value over the
+    groups, rarest values first ("reference" when none does; the reference text lists the common
+    values), cut to 2 * MAX_LABEL characters. Labels stay unique."""
     labels = list(groups)
     fields = getattr(groups, "fields", {})
-    fits = lambda text: len(textwrap.wrap(text, MAX_LABEL, break_on_hyphens=False)) <= LABEL_LINES  # noqa: E731
-    if all(fits(label) for label in labels) or not fields:
+    if not fields:
         return {label: _shorten(label) for label in labels}, None
     configured = [label for label in labels if groups[label][0].config is not None]
+    fits = lambda text: len(textwrap.wrap(text, MAX_LABEL, break_on_hyphens=False)) <= LABEL_LINES  # noqa: E731
+    keep = all(fits(label) for label in configured)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for label in configured:
         for k, v in fields[label]:
@@ -897,21 +898,18 @@ def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
             # rarest values first: what sets this group apart survives a cut
             diff = [f"{_key_name(k)}={v}" for k, v in sorted(
                 fields[label], key=lambda kv: counts[kv[0]][kv[1]]) if v != common[k]]
-            short = " ".join(diff) or "reference"
+            out[label] = label if keep else _shorten(" ".join(diff) or "reference")
         else:
             parts = []
             for k, v in fields[label]:
                 rel = os.path.relpath(os.path.abspath(v), root) if root and k in ("dir", "file") else None
-                parts.append(os.path.basename(v) if rel is None or rel == "." else rel)
-            short = "speedrun " + " ".join(parts)
-        out[label] = _shorten(short)
+                parts.append((os.path.basename(v) or v) if rel is None or rel == "." else rel)
+            out[label] = _shorten("speedrun " + " ".join(parts))
     seen: collections.Counter = collections.Counter(out.values())
     for i, label in enumerate(labels):  # a clash after shortening: number them
         if seen[out[label]] > 1:
-            out[label] = _shorten(out[label], MAX_LABEL * LABEL_LINES - 5) + f" [{i + 1}]"
-    reference = None
-    if configured and any(v == "reference" or not v.startswith("speedrun") for v in out.values()):
-        reference = " ".join(f"{_key_name(k)}={v}" for k, v in common.items())
+            out[label] = _shorten(out[label], 2 * MAX_LABEL - 5) + f" [{i + 1}]"
+    reference = None if keep else " ".join(f"{_key_name(k)}={v}" for k, v in common.items())
     return out, reference
 
 
@@ -1071,7 +1069,14 @@ def _frontier_figure(plt, groups):
         handles.append(h)
         kept.append(texts[i])
     ax.set(xlabel="log10 certified Lipschitz bound", ylabel="final val loss")
-    ax.set_title("loss vs certified bound (mean ± std over seeds)", fontsize=10)
+    title = "loss vs certified bound (mean ± std over seeds)"
+    bars = [(loss - (std if finite(std) else 0), loss + (std if finite(std) else 0), loss)
+            for loss, std, *_ in points if finite(loss)]  # each group's error bar, ending at its mean
+    limits = _zoom_limits([[([0.0, 0.5, 1.0], list(bar))] for bar in bars], 1.0)
+    if limits and limits[2]:  # a few far-off groups would flatten the rest: leave them out of range
+        ax.set_ylim(*limits[1])
+        title += f"\n({limits[2]} group(s) above the range)"
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     _add_legend(fig, handles, kept, _legend_title(groups))
     return fig
