@@ -708,3 +708,13 @@ def test_step_lines_exposed_for_format_checks(tmp_path):
     run = parse_log(write(tmp_path / "a.txt", our_log(config(1), VALS)))
     assert run.step_lines[0] == "step:0/4 val_loss:4.1744 val_acc:0.0152 train_time:0ms step_avg:50.00ms"
     assert len(run.step_lines) == 4 * 3 + 4  # 3 validations of 4 lines, 4 training lines
+
+
+def test_copied_log_warns_repeated_seed(tmp_path):
+    """The same run in two folders (a record copied from the shared logs) would double its n."""
+    a = write(tmp_path / "shared" / "s0.txt", our_log(config(0), VALS))
+    b = write(tmp_path / "record" / "s0.txt", our_log(config(0), VALS))
+    c = write(tmp_path / "record" / "s1.txt", our_log(config(1), VALS))
+    groups = group_runs([parse_log(p) for p in (a, b, c)])
+    assert list(compare.group_warnings(groups).values()) == [["repeats seed 0 (--group-by file lists the runs)"]]
+    assert compare.group_warnings(group_runs([parse_log(p) for p in (b, c)])) == {}

@@ -583,7 +583,8 @@ def group_runs(runs: list[RunLog], keys: list[str] | None = None) -> Groups:
 
 
 def group_warnings(groups: dict[str, list[RunLog]]) -> dict[str, list[str]]:
-    """{label: warnings} for groups whose runs mix step counts or source code (by source hash)."""
+    """{label: warnings} for groups whose runs mix step counts or source code (by source hash), or
+    repeat a seed."""
     out: dict[str, list[str]] = {}
     for label, runs in groups.items():
         found = []
@@ -593,6 +594,10 @@ def group_warnings(groups: dict[str, list[RunLog]]) -> dict[str, list[str]]:
         sources = {r.source_hash for r in runs if r.source_hash is not None}
         if len(sources) > 1:
             found.append(f"mixes {len(sources)} different source codes (--group-by source splits them)")
+        seeds = collections.Counter(_value_text(r.seed) for r in runs if r.seed is not None)
+        repeated = sorted(seed for seed, n in seeds.items() if n > 1)
+        if repeated:  # the same run logged twice (a copied log), or a setting missing from the grouping
+            found.append(f"repeats seed {', '.join(repeated)} (--group-by file lists the runs)")
         if found:
             out[label] = found
     return out
