@@ -487,6 +487,13 @@ def test_multiline_block_without_its_validation_line_is_dropped(tmp_path):
     assert not run.complete and "act_max_entry" not in run.points.get(20, {})
     assert run.points[10]["act_max_entry"] == 14.8
     assert "1 multi-line block(s) not followed by a validation line ignored" in run.notes
+    # a block, then a training line, then a validation line: whose block it was is ambiguous
+    moved = text.replace("Logits:    40.0000\nstep:10/20 val_loss",
+                         "Logits:    40.0000\nstep:10/20 train_time:1500ms step_avg:150.00ms\nstep:10/20 val_loss")
+    assert moved != text
+    run = parse_log(write(tmp_path / "g.txt", moved))
+    assert "act_max_entry" not in run.points[10] and run.points[20]["act_max_entry"] == 24.8
+    assert "1 multi-line block(s) not followed by a validation line ignored" in run.notes
 
 
 def test_directory_scan_reads_logs_in_scripts_and_names_every_skip(tmp_path):

@@ -289,6 +289,61 @@ def _clip(line: str, width: int = 80) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
+class _Blocks:
+    """Multi-line blocks (item 4 of the module docstring): collected line by line; their metrics go
+    to the validation line right after them, and are dropped (counted) before any other line."""
+
+    def __init__(self):
+        self.block: tuple[str, list[tuple[str, float]]] | None = None
+        self.pending: dict[str, float] = {}
+        self.dropped = 0
+
+    def feed(self, line: str) -> bool:
+        """True when `line` (stripped) is a block's heading or entry."""
+        if self.block is not None:
+            if m := BLOCK_ENTRY.fullmatch(line):
+                self.block[1].append((m.group(1).strip(), float(m.group(2))))
+                return True
+            self.pending.update(_block_metrics(*self.block))
+            self.block = None
+        if m := BLOCK_HEAD.fullmatch(line):
+            self.block = (m.group(1), [])
+            return True
+        return False
+
+    def claim(self, metrics: dict[str, float] | None = None) -> dict[str, float]:
+        """The pending block metrics if `metrics` are a validation line's, else {} (dropping them)."""
+        out, self.pending = self.pending, {}
+        if out and (metrics is None or "val_loss" not in metrics):
+            self.dropped += 1
+            return {}
+        return out
+
+    def finish(self) -> None:
+        self.feed("")
+        self.claim()
+
+
+def _step_line_error(line: str, head: re.Match, number: int) -> str:
+    """Why a line starting with ``step:N/M`` does not follow the grammar, with its line number."""
+    try:
+        parse_step_tokens(line[head.end():])
+        why = "does not match 'step:N/M key:value ...'"
+    except ValueError as e:
+        why = str(e)
+    return f"line {number} {_clip(line)!r}: {why}"
+
+
+def _config(text: str, path: str, number: int) -> dict:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LogFormatError(f"{path}: line {number}: config line is not valid JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+        raise LogFormatError(f"{path}: line {number}: config line is not a JSON object")
+    return config
+
+
 def parse_log(path: str, require_separator: bool = False) -> RunLog:
     """Parse one speedrun-format log (see the module docstring). Raises LogFormatError naming the
     file and the defect when it is unreadable, empty, binary or has no valid step lines (then
@@ -299,87 +354,54 @@ def parse_log(path: str, require_separator: bool = False) -> RunLog:
     if require_separator and sep < 0:
         raise LogFormatError(f"{path}: not a log file ({', '.join(LOG_EXTENSIONS)}) and no line of "
                              f"{len(SEPARATOR)} '=' with a log after it")
-    config = None
-    points: dict[int, dict[str, float]] = {}
-    train: list[dict[str, float]] = []
+    run = RunLog(path=path, config=None, num_iterations=0, points={},
+                 source_hash=source_hash(lines[:sep]) if sep >= 0 else None)
     totals: list[int] = []
-    step_lines: list[str] = []
     bad_lines: list[str] = []
-    peak_memory, finished_marker, notes = None, False, []
-    pending: dict[str, float] = {}  # metrics of multi-line blocks waiting for their validation line
-    block: tuple[str, list] | None = None
-    dropped_blocks = 0
+    blocks = _Blocks()
     for number, raw in enumerate(lines[sep + 1:], start=sep + 2):
         line = raw.strip()
-        if block is not None:
-            if m := BLOCK_ENTRY.fullmatch(line):
-                block[1].append((m.group(1).strip(), float(m.group(2))))
-                continue
-            pending.update(_block_metrics(*block))
-            block = None
-        if not line:
+        if blocks.feed(line) or not line:
             continue
-        if m := BLOCK_HEAD.fullmatch(line):
-            block = (m.group(1), [])
-            continue
-        is_step = STEP_HEAD.match(line)
-        if pending and not is_step:
-            dropped_blocks, pending = dropped_blocks + 1, {}
-        if is_step:
-            m = STEP_LINE.fullmatch(line)
-            if m is None:
-                try:
-                    parse_step_tokens(line[is_step.end():])
-                    why = "does not match 'step:N/M key:value ...'"
-                except ValueError as e:
-                    why = str(e)
-                bad_lines.append(f"line {number} {_clip(line)!r}: {why}")
-                continue
-            step, total = int(m.group(1)), int(m.group(2))
-            totals.append(total)
-            step_lines.append(line)
+        head = STEP_HEAD.match(line)
+        m = STEP_LINE.fullmatch(line) if head else None
+        if m is None:
+            blocks.claim()
+        if head and m is None:
+            bad_lines.append(_step_line_error(line, head, number))
+        elif m is not None:
+            step = int(m.group(1))
+            totals.append(int(m.group(2)))
+            run.step_lines.append(line)
             metrics = parse_step_tokens(m.group(3))
+            metrics = {**blocks.claim(metrics), **metrics}
             if "train_time" in metrics and "val_loss" not in metrics:
-                train.append({"step": step, **metrics})
+                run.train.append({"step": step, **metrics})
             else:
-                if pending:
-                    if "val_loss" in metrics:
-                        metrics = {**pending, **metrics}
-                    else:
-                        dropped_blocks += 1
-                    pending = {}
-                points.setdefault(step, {}).update(metrics)
+                run.points.setdefault(step, {}).update(metrics)
         elif m := CONFIG_LINE.fullmatch(line):
-            if config is not None:
-                notes.append("several config lines, the first is used")
-                continue
-            try:
-                config = json.loads(m.group(1))
-            except json.JSONDecodeError as e:
-                raise LogFormatError(f"{path}: line {number}: config line is not valid JSON ({e.msg})") from None
-            if not isinstance(config, dict):
-                raise LogFormatError(f"{path}: line {number}: config line is not a JSON object")
+            if run.config is not None:
+                run.notes.append("several config lines, the first is used")
+            else:
+                run.config = _config(m.group(1), path, number)
         elif m := PEAK_MEMORY_LINE.fullmatch(line):
-            peak_memory = m.group(1)
+            run.peak_memory = m.group(1)
         elif FINISHED_LINE.fullmatch(line):
-            finished_marker = True
-    if block is not None or pending:
-        dropped_blocks += 1
+            run.finished_marker = True
+    blocks.finish()
     if not totals:
         where = f"after the last {len(SEPARATOR)}-'=' separator (line {sep + 1})" if sep >= 0 else "in the file"
         if bad_lines:
             raise LogFormatError(f"{path}: no valid 'step:N/M ...' lines {where}; {len(bad_lines)} "
                                  f"rejected, the first: {bad_lines[0]}")
         raise LogFormatError(f"{path}: no 'step:N/M ...' lines {where}; not a speedrun-format log")
+    run.num_iterations = totals[-1]
     if bad_lines:
-        notes.append(f"{len(bad_lines)} step line(s) ignored, the first: {bad_lines[0]}")
-    if dropped_blocks:
-        notes.append(f"{dropped_blocks} multi-line block(s) not followed by a validation line ignored")
+        run.notes.append(f"{len(bad_lines)} step line(s) ignored, the first: {bad_lines[0]}")
+    if blocks.dropped:
+        run.notes.append(f"{blocks.dropped} multi-line block(s) not followed by a validation line ignored")
     if len(set(totals)) > 1:
-        notes.append(f"inconsistent total steps {sorted(set(totals))}, using the last")
-    run = RunLog(path=path, config=config, num_iterations=totals[-1], points=points, train=train,
-                 peak_memory=peak_memory, finished_marker=finished_marker, notes=notes,
-                 source_hash=source_hash(lines[:sep]) if sep >= 0 else None, step_lines=step_lines)
+        run.notes.append(f"inconsistent total steps {sorted(set(totals))}, using the last")
     if run.diverged_at is not None:
         run.notes.insert(0, f"diverged: non-finite loss at step {run.diverged_at}")
     if not run.complete:
