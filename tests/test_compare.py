@@ -701,7 +701,8 @@ def test_cli_unwritable_plots_dir_one_line(tmp_path, capsys):
     with unittest.mock.patch.object(compare, "_save_atomic", fail):
         assert compare.main([p, "--plots", str(tmp_path / "plots")]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[-1] == f"compare.py: --plots {tmp_path}/plots: cannot write (Permission denied); give a writable directory or --no-plots"
+    assert err[-1] == (f"compare.py: --plots {tmp_path}/plots: cannot write (Permission denied); "
+                       "give a writable directory or --no-plots")
 
 
 def test_cli_bad_group_by_regex(tmp_path, capsys):

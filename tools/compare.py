@@ -74,8 +74,8 @@ checkpoint_every and max_steps_this_run; logs without a config line by directory
 the pseudo-keys ``file`` (one group per log), ``dir`` (its folder), ``source`` (the hash of its
 source code) and, last, ``re:REGEX`` (the first group, or the whole match, of REGEX searched in the
 file name; the rest of the argument is the regex). Logs without a config are grouped by the
-pseudo-keys only. Group labels show the keys whose values differ between groups, less those that
-vary together with an earlier shown key (named under the table). A group that mixes step counts or
+pseudo-keys only. Group labels show the keys whose values differ between groups, less those whose
+values split the runs exactly like a shown key's (named under the table). A group that mixes step counts or
 source code gets a warning on stderr and in its notes. tokens = final step * tokens_per_step from
 the config.
 
@@ -559,7 +559,8 @@ def group_runs(runs: list[RunLog], keys: list[str] | None = None) -> Groups:
     without a config are grouped by directory unless `keys` has pseudo-keys. Returns Groups
     ({label: runs} in order of first appearance); a label lists the keys whose values differ
     between the groups (or preset/arch/constraint/w_max when there is one group), less those that
-    vary exactly together with an earlier key."""
+    split the runs exactly like a shown key (preset/arch/constraint/w_max, else the earlier key),
+    listed in Groups.hidden."""
     keys = default_group_keys(runs) if keys is None else list(keys)
     pseudo = [k for k in keys if _is_pseudo(k)]
 
