@@ -726,3 +726,23 @@ def test_copied_log_warns_repeated_seed(tmp_path):
     groups = group_runs([parse_log(p) for p in (a, b, c)])
     assert list(compare.group_warnings(groups).values()) == [["repeats seed 0 (--group-by file lists the runs)"]]
     assert compare.group_warnings(group_runs([parse_log(p) for p in (b, c)])) == {}
+
+
+def test_one_flag_sweep_table_shows_the_changed_flag(tmp_path):
+    """A sweep that changes one flag per run: full labels would list all seven keys in every row."""
+    base = {"muon_lr": 0.05, "embed_lr": 0.1, "final_logit_scale": 8.0, "attn_logit_scale": 8.0,
+            "lm_head_lr": 0.005, "lm_head_w_max": 2.0, "micro_batch_size": 64}
+    changes = [{}] + [{k: v * 2} for k, v in base.items()]
+    paths = [write(tmp_path / f"r{i}.txt", our_log(config(0, 2.0, **{**base, **c}), VALS))
+             for i, c in enumerate(changes)]
+    groups = group_runs([parse_log(p) for p in paths])
+    assert len(groups) == 8 and all(len(label) > 120 for label in groups)
+    table = summary_table(groups, baseline="reference")
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:10]]
+    assert rows == ["reference", "muon_lr=0.1", "embed_lr=0.2", "final_logit_scale=16.0", "attn_logit_scale=16.0",
+                    "lm_head_lr=0.01", "lm_head_w_max=4.0", "micro_batch_size=128"]
+    assert "| reference | 1 | 2.2500 |" in table and "| baseline |" in table.splitlines()[2]
+    assert ("Group labels list the changes from the most common setting: muon_lr=0.05 embed_lr=0.1 "
+            "final_logit_scale=8.0 attn_logit_scale=8.0 lm_head_lr=0.005 lm_head_w_max=2.0 micro_batch_size=64.") in table
+    assert compare.find_baseline(groups, "muon_lr=0.1") == list(groups)[1]  # its table label, exactly
+    assert compare.runs_table(groups).splitlines()[3].startswith("| muon_lr=0.1 | r1.txt |")

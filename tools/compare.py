@@ -717,8 +717,9 @@ def welch_p_less(a: list[float], b: list[float]) -> float | None:
 
 
 def find_baseline(groups: dict[str, list[RunLog]], baseline: str | None) -> str:
-    """Label of the baseline group: an exact label match, else the first label containing
-    `baseline` (case-insensitive), else the first group when `baseline` is None."""
+    """Label of the baseline group: an exact match of a label or of its text in the tables, else
+    the first label (or its text) containing `baseline` (case-insensitive), else the first group
+    when `baseline` is None."""
     labels = list(groups)
     if not labels:
         raise ValueError("no runs to compare")
@@ -726,10 +727,25 @@ def find_baseline(groups: dict[str, list[RunLog]], baseline: str | None) -> str:
         return labels[0]
     if baseline in groups:
         return baseline
+    shown, _ = table_labels(groups)
+    exact = [label for label in labels if shown[label] == baseline]
+    if exact:
+        return exact[0]
     for label in labels:
-        if baseline.lower() in label.lower():
+        if baseline.lower() in label.lower() or baseline.lower() in shown[label].lower():
             return label
     raise ValueError(f"--baseline {baseline!r} matches no group; groups are: " + "; ".join(labels))
+
+
+def table_labels(groups: dict[str, list[RunLog]]) -> tuple[dict[str, str], str | None]:
+    """({label: text in the tables}, note or None). When the labels are too long for a legend,
+    configured groups are shown by their changes from the most common setting (uncut), which the
+    note names; otherwise, and for speedrun groups, the labels themselves."""
+    shorts, reference = short_labels(groups, width=None)
+    if reference is None:
+        return {label: label for label in groups}, None
+    return ({label: shorts[label] if runs[0].config is not None else label for label, runs in groups.items()},
+            f"Group labels list the changes from the most common setting: {reference}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -792,6 +808,7 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
     p-value of the one-sided Welch t-test that the group's final val loss is below the baseline's.
     `baseline` selects the baseline group by label substring (default: the first group)."""
     base_label = find_baseline(groups, baseline)
+    shown, shown_note = table_labels(groups)
     used = {label: stats_runs(runs) for label, runs in groups.items()}
     final_losses = lambda runs: [x for x in (run_summary(r)["val_loss"] for r in runs) if x is not None]  # noqa: E731
     base_losses = final_losses(used[base_label][0])
@@ -809,7 +826,7 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
                 p_text = _fmt_p(welch_p_less(final_losses(runs), base_losses))
             except ImportError:
                 scipy_missing, p_text = True, "n/a"
-        rows.append([display_label(label, groups[label]), str(len(groups[label])) if len(runs) == len(groups[label])
+        rows.append([display_label(shown[label], groups[label]), str(len(groups[label])) if len(runs) == len(groups[label])
                      else f"{len(runs)} of {len(groups[label])}",
                      _fmt_mean_std(col("val_loss"), ".4f"), _fmt_mean_std(col("val_acc"), ".4f"),
                      _fmt_log10(mean_std(col("log10_bound"))[0]),
@@ -821,8 +838,10 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
     text = _table(header, rows)
     text += ("\n\nMean ± sample std over seeds of the final validation; log10 bound and max act "
              "entry are means over seeds. p: one-sided Welch t-test that the group's mean final val "
-             f"loss is below the baseline's (baseline: {base_label}); n/a when either group has "
+             f"loss is below the baseline's (baseline: {shown[base_label]}); n/a when either group has "
              "fewer than 2 runs.")
+    if shown_note:
+        text += "\n" + shown_note
     hidden = getattr(groups, "hidden", {})
     if hidden:
         text += ("\nNot shown in the labels (their values vary together with a shown key): "
@@ -834,11 +853,12 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
 
 def runs_table(groups: dict[str, list[RunLog]]) -> str:
     """Markdown table with one row per run (its final validation and status)."""
+    shown, _ = table_labels(groups)
     rows = []
     for label, runs in groups.items():
         for r in runs:
             s = run_summary(r)
-            rows.append([label, os.path.basename(r.path), _fmt_value(r.seed), _fmt(s["val_loss"], ".4f"),
+            rows.append([shown[label], os.path.basename(r.path), _fmt_value(r.seed), _fmt(s["val_loss"], ".4f"),
                          _fmt(s["val_acc"], ".4f"), _fmt_log10(s["log10_bound"]),
                          _fmt_magnitude(s["act_max_entry"]),
                          "n/a" if s["step"] is None else f"{s['step']}/{r.num_iterations}",
@@ -899,17 +919,18 @@ def wrap_label(text: str, max_lines: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
+def short_labels(groups: Groups | dict, width: int | None = 2 * MAX_LABEL) -> tuple[dict[str, str], str | None]:
     """({label: legend label}, reference text or None). A speedrun group is labelled by its folder
     (or file) relative to the folder all speedrun groups share. Configured groups keep their labels
     when these all fit on LABEL_LINES lines of MAX_LABEL characters (self-explanatory); otherwise
     each is labelled by the key=value pairs that differ from the most common value over the
     groups, rarest values first ("reference" when none does; the reference text lists the common
-    values), cut to 2 * MAX_LABEL characters. Labels stay unique."""
+    values), cut to `width` characters (None: uncut). Labels stay unique."""
     labels = list(groups)
     fields = getattr(groups, "fields", {})
+    cut = (lambda text: text) if width is None else (lambda text: _shorten(text, width))  # noqa: E731
     if not fields:
-        return {label: _shorten(label) for label in labels}, None
+        return {label: cut(label) for label in labels}, None
     configured = [label for label in labels if groups[label][0].config is not None]
     fits = lambda text: len(textwrap.wrap(text, MAX_LABEL, break_on_hyphens=False)) <= LABEL_LINES  # noqa: E731
     keep = all(fits(label) for label in configured)
@@ -926,17 +947,17 @@ def short_labels(groups: Groups | dict) -> tuple[dict[str, str], str | None]:
             # rarest values first: what sets this group apart survives a cut
             diff = [f"{_key_name(k)}={v}" for k, v in sorted(
                 fields[label], key=lambda kv: counts[kv[0]][kv[1]]) if v != common[k]]
-            out[label] = label if keep else _shorten(" ".join(diff) or "reference")
+            out[label] = label if keep else cut(" ".join(diff) or "reference")
         else:
             parts = []
             for k, v in fields[label]:
                 rel = os.path.relpath(os.path.abspath(v), root) if root and k in ("dir", "file") else None
                 parts.append((os.path.basename(v) or v) if rel is None or rel == "." else rel)
-            out[label] = _shorten("speedrun " + " ".join(parts))
+            out[label] = cut("speedrun " + " ".join(parts))
     seen: collections.Counter = collections.Counter(out.values())
     for i, label in enumerate(labels):  # a clash after shortening: number them
         if seen[out[label]] > 1:
-            out[label] = _shorten(out[label], 2 * MAX_LABEL - 5) + f" [{i + 1}]"
+            out[label] = cut(out[label])[:-5] + f" [{i + 1}]"
     reference = None if keep else " ".join(f"{_key_name(k)}={v}" for k, v in common.items())
     return out, reference
 
