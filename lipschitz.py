@@ -35,7 +35,7 @@ is never empty; RoPE rotates q_i and k_j per token, preserving their norms and t
   (c <a, b> = s RMS(a) RMS(b) for D-vectors) this is
   RMS(dy_i) <= max RMS(dv) + s max RMS(v) (max RMS(dq) max RMS(k) + max RMS(q) max RMS(dk)).
 
-Where the paper's stated form (as in REFERENCE.md) is unsound for this architecture, and what is used:
+Where the paper's stated form (arXiv 2507.13338, Appendix C) is unsound for this architecture, and what is used:
   1. Heads. Its q, k, v norms are RMS over all heads together, but each head's softmax sees its own
      d_head slice, whose RMS can be sqrt(n_head) times larger. Different heads may attend to
      different tokens, so y_i can gather a full-size slice from a different token in every head:
@@ -64,13 +64,17 @@ ATTN_OUT_DIVISOR = 3.0  # train_gpt.ATTN_OUT_DIVISOR: attention output divided b
 # exact max of gelu'(x) = Phi(x) + x phi(x), attained at x = sqrt(2)
 GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
 MLP_ACT_LIPSCHITZ = GELU_MAX_SLOPE / GELU_DIVISOR  # 1.0000037: Lipschitz constant of gelu(.)/1.1289
-VARIANTS = ("paper", "tight")
+# gelu'(z) lies in [1 - GELU_MAX_SLOPE, GELU_MAX_SLOPE] (gelu'(-z) = 1 - gelu'(z)): 1/2 +- this half-range
+GELU_SLOPE_HALF_RANGE = GELU_MAX_SLOPE - 0.5
+VARIANTS = ("paper", "tight", "sharp")
 THEOREMS = {
     "paper": "attention: paper Theorem C.1 (max(1,|v|max(|q|,|k|)) w.r.t. |dq|+|dk|+|dv|), per head, s absorbed "
              "as sqrt(s) into W_Q and W_K, heads combined in RMS",
     "tight": "attention: per-term derivative bound |dv| + |v|(|dq||k| + |q||dk|) (the preprint's form), "
              "per head, heads combined in RMS",
-    "paper_literal": "REFERENCE.md Appendix C recursion verbatim (whole-matrix norms, MLP / 1.1289): "
+    "sharp": "attention: per-term bound with the query token's q and dq shared across heads, value path "
+             "through min(n(W_O) n_h(W_V), n(W_O blockdiag W_V)); MLP: gelu' = 1/2 + [-0.629, 0.629]",
+    "paper_literal": "the paper's Appendix C recursion verbatim (arXiv 2507.13338; whole-matrix norms, MLP / 1.1289): "
                      "NOT a certificate for multi-head attention",
 }
 _LOG10 = math.log(10.0)
@@ -98,6 +102,23 @@ def head_rms_op_norms(W: torch.Tensor, n_head: int) -> list[float]:
     if W.shape[0] % n_head:
         raise ValueError(f"weight of shape {tuple(W.shape)} does not split into n_head={n_head} row blocks")
     return rms_op_norms(W.reshape(n_head, W.shape[0] // n_head, W.shape[1])).tolist()
+
+
+def ov_rms_norm(W_O: torch.Tensor, W_V: torch.Tensor, n_head: int) -> float:
+    """RMS->RMS norm of M = W_O blockdiag(W_V,1, ..., W_V,H) (d, H d): the map from one d-vector per head
+    (u_1, ..., u_H) to sum_h W_O,h W_V,h u_h, with RMS over all H d inputs. <= n(W_O) max_h n_h(W_V)."""
+    d_out, inner = W_O.shape
+    D = inner // n_head
+    Wo = W_O.detach().to(torch.float64).reshape(d_out, n_head, D)
+    Wv = W_V.detach().to(torch.float64).reshape(n_head, D, W_V.shape[1])
+    return rms_op_norms(torch.einsum("ohk,hkd->ohd", Wo, Wv).reshape(d_out, -1)).item()
+
+
+def mixed_mlp_norm(W_fc: torch.Tensor, W_proj: torch.Tensor, alpha: float) -> float:
+    """n((1-a) I + a W_proj W_fc / (2 * 1.1289)): the linear part of the MLP residual block (d, d)."""
+    P = W_proj.detach().to(torch.float64) @ W_fc.detach().to(torch.float64)
+    eye = torch.eye(P.shape[0], dtype=torch.float64)
+    return rms_op_norms((1 - alpha) * eye + (alpha / (2 * GELU_DIVISOR)) * P).item()
 
 
 def _log(x: float) -> float:
@@ -164,8 +185,93 @@ def log_mlp_gain(n_fc: float, n_proj: float) -> float:
     return _log(n_fc) + _log(n_proj) - math.log(GELU_DIVISOR)
 
 
+# "sharp": the same derivation with two facts the per-head form throws away.
+#  (a) The query token is ONE token for all heads: mean_h RMS(q_h,i)^2 = RMS(W_Q x_i)^2 <= n(W_Q)^2 r^2 and
+#      likewise for dq; only keys and values may come from a different token in every head.
+#  (b) The value path of head h reaches the output through W_O's column block: the head's output change is
+#      W_O,h W_V,h u_h with u_h = sum_j p_j dx_j + Cov_p(dl, x) (RMS(u_h) <= delta (1 + s n_h(W_K) r^2
+#      (alpha_h + beta_h)), alpha_h = RMS(q_h,i)/r, beta_h = RMS(dq_h,i)/delta), and
+#      RMS(sum_h W_O,h W_V,h u_h) <= sqrt(mean_h omega_h^2 RMS(u_h)^2) for omega_h = n(W_O) n_h(W_V), or for
+#      omega_h = n(M) with M = W_O blockdiag(W_V,1..W_V,H) (d, H d); the smaller one is used.
+#  With S = {0 <= g_h <= n_h(W_Q), mean_h g_h^2 <= n(W_Q)^2}, alpha, beta in S, and by Minkowski
+#    L_attn <= (1/3) [sqrt(mean_h omega_h^2) + 2 s r^2 sqrt(max_{g in S} mean_h (omega_h n_h(W_K) g_h)^2)],
+#  the inner max a fractional knapsack in g_h^2 (exact, greedy). The per-head form (no sharing) is also a
+#  bound; the minimum of all of them is taken, so "sharp" <= "tight" always.
+
+
+def log_shared_query_max(log_w: list[float], nq_heads: list[float], nq: float) -> float:
+    """log sqrt(max mean_h exp(log_w_h) g_h^2) over 0 <= g_h <= nq_heads[h], mean_h g_h^2 <= nq^2.
+
+    The query token's per-head norms share one budget: sum_h RMS(W_Q,h x)^2 = H RMS(W_Q x)^2. A linear
+    program in g_h^2 (a fractional knapsack): filling the largest weights first is optimal."""
+    H = len(log_w)
+    budget = H * nq * nq
+    terms = []
+    for h in sorted(range(H), key=lambda i: -log_w[i]):
+        g2 = min(nq_heads[h] ** 2, budget)
+        if g2 <= 0 or log_w[h] == -math.inf:
+            break
+        terms.append(log_w[h] + math.log(g2))
+        budget -= g2
+    return 0.5 * (_logsumexp(terms) - math.log(H)) if terms else -math.inf
+
+
+def log_attention_sharp(n: dict, log_r: float) -> float:
+    """log Lipschitz bound of x -> W_O (attention(x) / 3) on the ball of radius r: the smallest of the
+    per-head ("tight") form and the query-shared form, each with either value-path weight omega."""
+    H, log_s = n["n_head"], _log(n["s"])
+    best = math.inf
+    for omega in _value_path_weights(n):
+        log_om = [_log(w) for w in omega]
+        per_head = [lw + _logsumexp([0.0, math.log(2) + log_s + _log(q) + _log(k) + 2 * log_r])
+                    for lw, q, k in zip(log_om, n["q_heads"], n["k_heads"])]
+        shared_q = log_shared_query_max([2 * (lw + _log(k)) for lw, k in zip(log_om, n["k_heads"])],
+                                        n["q_heads"], n["q"])
+        shared = _logsumexp([_log_rms_mean(log_om), math.log(2) + log_s + 2 * log_r + shared_q])
+        best = min(best, _log_rms_mean(per_head), shared)
+    return best - math.log(ATTN_OUT_DIVISOR)
+
+
+def _value_path_weights(n: dict) -> list[list[float]]:
+    """The two per-head value-path weights omega_h (see (b) above): n(W_O) n_h(W_V), and n(M) for all h."""
+    return [[n["o"] * v for v in n["v_heads"]], [n["ov"]] * n["n_head"]]
+
+
+def log_attention_gain_sharp(n: dict) -> float:
+    """log of the activation growth bound RMS(W_O attention(x)/3) <= gain * r: each head averages tokens
+    (RMS <= r), then the value path (b) above with the smaller omega."""
+    return min(_log_rms_mean([_log(w) for w in om]) for om in _value_path_weights(n)) - math.log(ATTN_OUT_DIVISOR)
+
+
+# MLP, "sharp": gelu(z) = z/2 + |z| |Phi(z) - 1/2| with the second part in [0, |z|/2], and
+# gelu'(z) = 1/2 + g(z) with |g| <= 0.629 (gelu'(-z) = 1 - gelu'(z)). So with P = W_proj W_fc / (2 * 1.1289)
+# the residual block x -> (1-a) x + a mlp(x) is the linear map (1-a) I + a P plus a remainder:
+#   Lipschitz <= n((1-a) I + a P) + a 0.629 n(W_proj) n(W_fc) / 1.1289
+#   growth    <= n((1-a) I + a P) + a 0.5 n(W_proj) n(W_fc) / 1.1289
+# The residual mixing enters before the worst case: (1-a) I and P need not align. Also bounded with
+# n((1-a) I + a P) <= (1-a) + a n(P) (the form without mixing), and the smaller is used.
+
+
+def _log_mlp_residual_sharp(n: dict, log_rest_coef: float, log_plain: float) -> float:
+    a = n["alpha"]
+    log_rest = math.log(a) + log_rest_coef + _log(n["proj"]) + _log(n["fc"]) - math.log(GELU_DIVISOR)
+    mixed = _logsumexp([_log(n["mix_proj_fc"]), log_rest])
+    unmixed = _logsumexp([_log_residual(a, _log(n["proj_fc"]) - math.log(2 * GELU_DIVISOR)), log_rest])
+    return min(mixed, unmixed, _log_residual(a, log_plain))
+
+
+def log_mlp_residual_lipschitz_sharp(n: dict) -> float:
+    """log Lipschitz bound of the MLP residual block x -> (1-a) x + a mlp(x) (see above)."""
+    return _log_mlp_residual_sharp(n, math.log(GELU_SLOPE_HALF_RANGE), log_mlp_lipschitz(n["fc"], n["proj"]))
+
+
+def log_mlp_residual_gain_sharp(n: dict) -> float:
+    """log of the growth bound RMS((1-a) x + a mlp(x)) <= gain * RMS(x) (see above)."""
+    return _log_mlp_residual_sharp(n, math.log(0.5), log_mlp_gain(n["fc"], n["proj"]))
+
+
 def _paper_literal_log_attention(nq: float, nk: float, nv: float, no: float, s: float, log_r: float) -> float:
-    """REFERENCE.md item 2 verbatim (whole-matrix norms, s absorbed as sqrt(s) in W_Q and W_K)."""
+    """The paper's Appendix C attention step verbatim (whole-matrix norms, s absorbed as sqrt(s) in W_Q, W_K)."""
     return (_log(no) - math.log(ATTN_OUT_DIVISOR)
             + log_attention_head_lipschitz(_log(nq), _log(nk), _log(nv), _log(s), log_r, "paper"))
 
@@ -205,6 +311,9 @@ def layer_norms(block: nn.Module) -> dict:
     out = {name: rms_op_norms(getattr(attn, name).weight).item() for name in ("q", "k", "v", "o")}
     out.update({f"{name}_heads": head_rms_op_norms(getattr(attn, name).weight, H) for name in ("q", "k", "v")})
     out.update(fc=rms_op_norms(mlp.fc.weight).item(), proj=rms_op_norms(mlp.proj.weight).item())
+    out.update(ov=ov_rms_norm(attn.o.weight, attn.v.weight, H),
+               proj_fc=rms_op_norms(mlp.proj.weight.double() @ mlp.fc.weight.double()).item(),
+               mix_proj_fc=mixed_mlp_norm(mlp.fc.weight, mlp.proj.weight, float(block.alpha)))
     out.update(alpha=float(block.alpha), s=float(attn.scale) * attn.head_dim, n_head=H)
     return out
 
@@ -217,70 +326,87 @@ def bound_report(model: nn.Module, radius: float | None = None) -> dict:
     Returns a dict with
       bound, log10_bound               "paper" variant (Theorem C.1 per head): certified
       bound_tight, log10_bound_tight   "tight" variant (per-term attention bound): certified, <= bound
-      bound_paper_literal, log10_bound_paper_literal   REFERENCE.md verbatim: NOT certified
+      bound_sharp, log10_bound_sharp   "sharp" variant (query shared across heads, OV and MLP products,
+                                       its own activation bound): certified, <= bound_tight
+      bound_paper_literal, log10_bound_paper_literal   the paper's Appendix C recursion verbatim: NOT certified
       radius, lm_head_norm, final_logit_scale, theorems, reason (None, or why the bound is inf)
-      layers: per layer a dict of norms (q, k, v, o, fc, proj, q_heads, ...), log10_r_in / _mid / _out
-        (activation bound before the block, after attention, after the MLP), log10_attn_<variant>,
-        log10_mlp, log10_cum_<variant> (bound of the map embedding -> this block's output).
+      layers: per layer a dict of norms (q, k, v, o, fc, proj, q_heads, ..., ov, proj_fc), log10_r_in / _mid
+        / _out (activation bound before the block, after attention, after the MLP; "paper"/"tight"), the
+        same with suffix _sharp, log10_attn_<variant>, log10_mlp, log10_mlp_block_sharp (the whole MLP
+        residual block x -> (1-a) x + a mlp(x), "sharp"), log10_cum_<variant>
+        (bound of the map embedding -> this block's output).
     Floats that would overflow are math.inf; every log10_* is finite for finite, nonzero weights."""
     reason = _arch_problem(model) or _nonfinite_weight(model)
     if reason is not None:
-        inf = math.inf
-        return dict(bound=inf, log10_bound=inf, bound_tight=inf, log10_bound_tight=inf, bound_paper_literal=inf,
-                    log10_bound_paper_literal=inf, layers=[], reason=reason, theorems=THEOREMS)
+        out = {k: math.inf for b in ("bound", "bound_tight", "bound_sharp", "bound_paper_literal")
+               for k in (b, f"log10_{b}")}
+        return dict(out, layers=[], reason=reason, theorems=THEOREMS)
     r0 = float(_hp(model, "emb_w_max", 1.0) if radius is None else radius)
     if not (math.isfinite(r0) and r0 > 0):
         raise ValueError(f"radius (the input norm bound r_0) must be finite and > 0, got {radius!r}")
-    log_r = log_r_lit = math.log(r0)
+    log_r = log_r_lit = log_r_sharp = math.log(r0)
     log_L = {v: 0.0 for v in VARIANTS}
     log_L_lit = 0.0
     layers = []
     for block in model.blocks:
         n = layer_norms(block)
         a, s = n["alpha"], n["s"]
-        row = dict(norms=n, log10_r_in=log_r / _LOG10)
-        for v in VARIANTS:
-            la = log_attention_lipschitz(n["q_heads"], n["k_heads"], n["v_heads"], n["o"], s, log_r, v)
-            row[f"log10_attn_{v}"] = la / _LOG10
-            log_L[v] += _log_residual(a, la)
-        log_L_lit += _log_residual(a, _paper_literal_log_attention(n["q"], n["k"], n["v"], n["o"], s, log_r_lit))
-        log_r += _log_residual(a, log_attention_gain(n["v_heads"], n["o"]))
-        log_r_lit += _log_residual(a, _log(n["o"]) + _log(n["v"]) - math.log(ATTN_OUT_DIVISOR))
-        row["log10_r_mid"] = log_r / _LOG10
+        row = dict(norms=n, log10_r_in=log_r / _LOG10, log10_r_in_sharp=log_r_sharp / _LOG10)
+        attn = {v: log_attention_lipschitz(n["q_heads"], n["k_heads"], n["v_heads"], n["o"], s, log_r, v)
+                for v in ("paper", "tight")}
+        attn["sharp"] = log_attention_sharp(n, log_r_sharp)
         lm = log_mlp_lipschitz(n["fc"], n["proj"])
-        row["log10_mlp"] = lm / _LOG10
+        mlp_block = dict(paper=_log_residual(a, lm), tight=_log_residual(a, lm),
+                         sharp=log_mlp_residual_lipschitz_sharp(n))
         for v in VARIANTS:
-            log_L[v] += _log_residual(a, lm)
+            row[f"log10_attn_{v}"] = attn[v] / _LOG10
+            log_L[v] += _log_residual(a, attn[v]) + mlp_block[v]
             row[f"log10_cum_{v}"] = log_L[v] / _LOG10
+        row["log10_mlp"] = lm / _LOG10
+        row["log10_mlp_block_sharp"] = mlp_block["sharp"] / _LOG10
+        log_L_lit += _log_residual(a, _paper_literal_log_attention(n["q"], n["k"], n["v"], n["o"], s, log_r_lit))
         log_L_lit += _log_residual(a, _log(n["fc"]) + _log(n["proj"]) - math.log(GELU_DIVISOR))
+        log_r += _log_residual(a, log_attention_gain(n["v_heads"], n["o"]))
+        log_r_sharp += _log_residual(a, log_attention_gain_sharp(n))
+        log_r_lit += _log_residual(a, _log(n["o"]) + _log(n["v"]) - math.log(ATTN_OUT_DIVISOR))
+        row["log10_r_mid"], row["log10_r_mid_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         log_r += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
+        log_r_sharp += log_mlp_residual_gain_sharp(n)
         log_r_lit += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
-        row["log10_r_out"] = log_r / _LOG10
+        row["log10_r_out"], row["log10_r_out_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         row["log10_r_out_paper_literal"] = log_r_lit / _LOG10
         layers.append(row)
     n_lm = rms_op_norms(model.lm_head.weight).item()
     fls = abs(float(getattr(model, "final_logit_scale", 1.0)))
     log_head = _log(n_lm) + _log(fls)
     out = dict(radius=r0, lm_head_norm=n_lm, final_logit_scale=fls, layers=layers, reason=None, theorems=THEOREMS)
-    for key, lg in (("bound", log_L["paper"]), ("bound_tight", log_L["tight"]), ("bound_paper_literal", log_L_lit)):
+    for key, lg in (("bound", log_L["paper"]), ("bound_tight", log_L["tight"]), ("bound_sharp", log_L["sharp"]),
+                    ("bound_paper_literal", log_L_lit)):
         out[key] = _float(lg + log_head)
         out[f"log10_{key}"] = (lg + log_head) / _LOG10
     return out
 
 
-def certified_bound(model: nn.Module, variant: str = "paper", radius: float | None = None) -> float:
+_BOUND_KEY = dict(paper="bound", tight="bound_tight", sharp="bound_sharp")
+
+
+def certified_bound(model: nn.Module, variant: str = "sharp", radius: float | None = None) -> float:
     """Certified upper bound on ||f(x1) - f(x2)|| / ||x1 - x2|| (inf-RMS norms, ||x||_inf-RMS <= radius),
-    f = model.logits_from_embeddings. variant "paper" (Theorem C.1 per head) or "tight" (per-term).
+    f = model.logits_from_embeddings. variant "sharp" (the smallest), "tight" (per-term, per head) or
+    "paper" (Theorem C.1 per head); sharp <= tight <= paper.
     math.inf if it overflows a float (see bound_report for its log10) or the arch has no bound."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
-    report = bound_report(model, radius)
-    return report["bound" if variant == "paper" else "bound_tight"]
+    return bound_report(model, radius)[_BOUND_KEY[variant]]
 
 
-def activation_bounds(model: nn.Module, radius: float | None = None) -> list[float]:
-    """Certified bound on the residual stream's inf-RMS after each block (inputs of norm <= radius)."""
-    return [_float(row["log10_r_out"] * _LOG10) for row in bound_report(model, radius)["layers"]]
+def activation_bounds(model: nn.Module, radius: float | None = None, variant: str = "sharp") -> list[float]:
+    """Certified bound on the residual stream's inf-RMS after each block (inputs of norm <= radius);
+    variant "sharp" (OV and MLP products) or "tight" (= "paper": per-head value norms, |gelu(z)| <= |z|)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+    key = "log10_r_out_sharp" if variant == "sharp" else "log10_r_out"
+    return [_float(row[key] * _LOG10) for row in bound_report(model, radius)["layers"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,20 +430,9 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 
 def logits64(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model.logits_from_embeddings(x) at x's precision.
-
-    train_gpt casts the logits to float32 (.float()), which would drown a float64 search for small
-    perturbations in rounding; the lm_head's own output is captured instead and multiplied by the
-    final logit scale (the lipschitz arch computes exactly final_logit_scale * lm_head(x))."""
-    captured = []
-    handle = model.lm_head.register_forward_hook(lambda mod, inp, out: captured.append(out))
-    try:
-        out = model.logits_from_embeddings(x)
-    finally:
-        handle.remove()
-    if out.dtype == x.dtype:
-        return out
-    return float(getattr(model, "final_logit_scale", 1.0)) * captured[-1]
+    """model.logits_from_embeddings(x): float64 logits for a float64 model and input (float32 would drown a
+    search over small perturbations in rounding)."""
+    return model.logits_from_embeddings(x)
 
 
 def _check_pair(x1: torch.Tensor, x2: torch.Tensor, d: int) -> None:

@@ -1,55 +1,68 @@
 """Certify a checkpoint: the certified Lipschitz bound, layer by layer, and the worst ratio a search finds.
 
-    python tools/certify.py checkpoints/RUN.pt [--restarts 5] [--steps 100] [--seq_len 16] [--batch 4]
+    python tools/certify.py checkpoints/RUN.pt [--restarts 5] [--steps 200] [--seq_len 16] [--batch 4]
 
 Prints, per layer: weight norms (RMS->RMS; q/k/v also the largest per-head norm), the activation
-bound r before and after the block, each sublayer's Lipschitz bound and the cumulative bound in both
-certified variants ("paper" = Theorem C.1 per head, "tight" = per-term form); then the totals and the
-largest ||f(x1)-f(x2)|| / ||x1-x2|| found by lipschitz.worst_pair, with tightness = found / bound.
+bound r before and after the block, each sublayer's Lipschitz bound and the cumulative bound in the
+certified variants ("paper" = Theorem C.1 per head, "tight" = per-term form, "sharp" = per-term with the
+query shared across heads and the residual mixing used); then the totals side by side with the ratios,
+and the largest ||f(x1)-f(x2)|| / ||x1-x2|| found by lipschitz.worst_pair, with tightness = found / bound.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import pickle
 import sys
 import time
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-
 import lipschitz  # noqa: E402
 import train_gpt as tg  # noqa: E402
 
 
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
 def load_model(path: str) -> tuple[tg.GPT, dict]:
-    """Rebuild the model saved by train_gpt.save_checkpoint; -> (model in eval mode, checkpoint dict)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file (train_gpt writes checkpoints/<run_id>.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first}); "
-                         f"pass a .pt file written by train_gpt.save_checkpoint") from None
-    if not isinstance(state, dict) or not {"hp", "model"} <= set(state):
-        raise ValueError(f"{path}: checkpoint lacks the 'hp' and 'model' entries train_gpt.save_checkpoint writes")
+    """Rebuild the model saved by train_gpt.save_checkpoint; -> (model in eval mode, checkpoint dict).
+    Raises FileNotFoundError / ValueError with one line naming the file and the problem."""
+    state = tg.read_checkpoint(path)
     try:
         hp = tg.Hyperparameters(**state["hp"])
-    except TypeError as e:
-        raise ValueError(f"{path}: its hyperparameters do not match this train_gpt.py ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its hyperparameters do not fit this train_gpt.py ({one_line(e)})") from None
     model = tg.make_model(hp)
-    weights = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the model its hyperparameters describe ({e})") from None
+    problem = state_dict_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise ValueError(f"{path}: its weights do not fit the model its hyperparameters describe ({problem})")
+    model.load_state_dict(state["model"])
     return model.eval(), state
+
+
+def state_dict_mismatch(want: dict, got: dict) -> str:
+    """'' when `got` has exactly the keys and shapes of `want`, else a short description of the difference."""
+    if not isinstance(got, dict):
+        return f"the weights are a {type(got).__name__}, not a dict of tensors"
+    parts = []
+    for label, names in (("missing", [k for k in want if k not in got]),
+                         ("unexpected", [k for k in got if k not in want]),
+                         ("wrong shape", [f"{k} {tuple(getattr(got[k], 'shape', ()))} != {tuple(want[k].shape)}"
+                                          for k in want if k in got
+                                          and tuple(getattr(got[k], "shape", ())) != tuple(want[k].shape)])):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{label}: {', '.join(names[:3])}{more}")
+    return "; ".join(parts)
+
+
+def one_line(e: Exception) -> str:
+    """An exception's message on one line (whole words: nothing is cut)."""
+    return " ".join(str(e).split())
 
 
 def fmt(log10_value: float) -> str:
@@ -69,35 +82,85 @@ def lg(x: float) -> float:
 
 def report_table(rep: dict) -> str:
     """The per-layer breakdown of lipschitz.bound_report as aligned text."""
-    cols = ["layer", "q", "k", "v", "q_h", "k_h", "v_h", "o", "fc", "proj", "r_in", "r_out",
-            "attn_paper", "attn_tight", "mlp", "cum_paper", "cum_tight"]
+    cols = ["layer", "q", "k", "v", "q_h", "k_h", "v_h", "o", "ov", "fc", "proj", "proj.fc", "r_in", "r_out",
+            "r_out_sharp", "attn_paper", "attn_tight", "attn_sharp", "mlp", "mlp_blk_sharp", "cum_paper",
+            "cum_tight", "cum_sharp"]
     rows = []
     for i, row in enumerate(rep["layers"]):
         n = row["norms"]
         rows.append([str(i)] + [f"{n[k]:.4g}" for k in ("q", "k", "v")]
                     + [f"{max(n[k + '_heads']):.4g}" for k in ("q", "k", "v")]
-                    + [f"{n[k]:.4g}" for k in ("o", "fc", "proj")]
-                    + [fmt(row[k]) for k in ("log10_r_in", "log10_r_out", "log10_attn_paper", "log10_attn_tight",
-                                             "log10_mlp", "log10_cum_paper", "log10_cum_tight")])
+                    + [f"{n[k]:.4g}" for k in ("o", "ov", "fc", "proj", "proj_fc")]
+                    + [fmt(row[k]) for k in ("log10_r_in", "log10_r_out", "log10_r_out_sharp", "log10_attn_paper",
+                                             "log10_attn_tight", "log10_attn_sharp", "log10_mlp",
+                                             "log10_mlp_block_sharp", "log10_cum_paper", "log10_cum_tight",
+                                             "log10_cum_sharp")])
     widths = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def comparison_lines(rep: dict) -> list[str]:
+    """The certified bounds side by side: each variant, its log10, and sharp / it."""
+    new = rep["log10_bound_sharp"]
+    lines = []
+    for key, name in (("sharp", "log10_bound_sharp"), ("tight", "log10_bound_tight"), ("paper", "log10_bound"),
+                      ("paper_literal", "log10_bound_paper_literal")):
+        ratio = "" if key == "sharp" else f"  sharp / {key} = {fmt(new - rep[name])}"
+        lines.append(f"bound [{key}] = {fmt(rep[name])} (log10 {rep[name]:.4f}){ratio}  -- {rep['theorems'][key]}")
+    return lines
+
+
+def positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= 1") from None
+        if value < 1:
+            raise UsageError(f"{flag}={value}: must be >= 1")
+        return value
+    return parse
+
+
+def non_negative_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= 0") from None
+        if value < 0:
+            raise UsageError(f"{flag}={value}: must be >= 0")
+        return value
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors (unknown flag, missing checkpoint) as one line
+        raise UsageError(message)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--restarts", type=int, default=5, help="search restarts (each a batch of pairs)")
-    ap.add_argument("--steps", type=int, default=200, help="gradient-ascent steps per restart")
-    ap.add_argument("--seq_len", type=int, default=16, help="tokens per searched sequence")
-    ap.add_argument("--batch", type=int, default=4, help="pairs optimized together per restart")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--restarts", type=positive_int("--restarts"), default=5, help="search restarts (each a batch)")
+    ap.add_argument("--steps", type=positive_int("--steps"), default=200, help="gradient-ascent steps per restart")
+    ap.add_argument("--seq_len", type=positive_int("--seq_len"), default=16, help="tokens per searched sequence")
+    ap.add_argument("--batch", type=positive_int("--batch"), default=4, help="pairs optimized together per restart")
+    ap.add_argument("--seed", type=non_negative_int("--seed"), default=0)
     try:
+        return ap.parse_args(argv)
+    except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
+        raise UsageError(one_line(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
         model, state = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UsageError, FileNotFoundError, ValueError) as e:
+        print(f"certify.py: error: {one_line(e)}", file=sys.stderr)
         return 2
     hp = model.hp
     print(f"checkpoint {args.checkpoint}: step {state.get('step', '?')}, arch {hp.arch}, {hp.n_layer} layers, "
@@ -108,21 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"certified Lipschitz bound: inf ({rep['reason']})")
         return 0
     print(f"inputs: embedding outputs with ||x||_inf-RMS <= {rep['radius']}; norms RMS->RMS, "
-          f"q_h/k_h/v_h = largest per-head norm; r = activation bound (inf-RMS)")
+          f"q_h/k_h/v_h = largest per-head norm, ov = n(W_O blockdiag W_V), proj.fc = n(W_proj W_fc); "
+          f"r = activation bound (inf-RMS)")
     print(report_table(rep))
     print(f"lm_head norm {rep['lm_head_norm']:.4g}, final logit scale {rep['final_logit_scale']:.4g}")
-    for key, name in (("paper", "log10_bound"), ("tight", "log10_bound_tight"),
-                      ("paper_literal", "log10_bound_paper_literal")):
-        print(f"bound [{key}] = {fmt(rep[name])} (log10 {rep[name]:.4f})  -- {rep['theorems'][key]}")
+    print("\n".join(comparison_lines(rep)))
     t0 = time.perf_counter()
     res = lipschitz.worst_pair(model, seq_len=args.seq_len, batch=args.batch, restarts=args.restarts,
                                steps=args.steps, seed=args.seed)
     secs = time.perf_counter() - t0
     print(f"empirical worst ratio {res.ratio:.6g} ({res.kind} restart; {args.restarts} restarts x {args.steps} "
           f"steps, {secs:.1f}s); per restart: " + ", ".join(f"{k} {r:.4g}" for k, r in res.per_restart))
-    for key, name in (("tight", "log10_bound_tight"), ("paper", "log10_bound")):
+    for key, name in (("sharp", "log10_bound_sharp"), ("tight", "log10_bound_tight"), ("paper", "log10_bound")):
         print(f"tightness [{key}] = worst / bound = {fmt(lg(res.ratio) - rep[name])}")
-    if lg(res.ratio) > rep["log10_bound_tight"] + 1e-9:
+    if lg(res.ratio) > rep["log10_bound_sharp"] + 1e-9:
         print("UNSOUND: the search exceeded the certified bound", file=sys.stderr)
         return 1
     return 0
