@@ -186,14 +186,16 @@ def test_lines_must_match_in_full(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True),
                        st.floats(allow_nan=True, allow_infinity=True), min_size=1, max_size=6),
-       st.sampled_from(["{!r}", "{:.4f}", "{:.6e}", "{}ms"]))
+       st.sampled_from(["{!r}", "{:.4f}", "{:.6e}", "{}ms", "{:.3f}s"]))
 def test_step_tokens_round_trip(values, spec):
-    """Any float written by Python's formatting (repr, fixed, exponent, with 'ms') parses back to
-    the same float (the formatted one), including inf, -inf, nan and huge/tiny values."""
+    """Any float written by Python's formatting (repr, fixed, exponent, with 'ms', or 's' for
+    seconds) parses back to the same float in ms (the formatted one; seconds times 1000),
+    including inf, -inf, nan and huge/tiny values."""
     tokens = " ".join(f"{k}:{spec.format(v)}" for k, v in values.items())
     assert compare.STEP_LINE.fullmatch(f"step:3/10 {tokens}")
     parsed = compare.parse_step_tokens(tokens)
-    expected = {k: float(spec.format(v).removesuffix("ms")) for k, v in values.items()}
+    scale = 1000.0 if spec.endswith("}s") else 1.0
+    expected = {k: float(spec.format(v).removesuffix("s").removesuffix("m")) * scale for k, v in values.items()}
     assert parsed.keys() == expected.keys()
     for k, v in expected.items():
         assert parsed[k] == v or (math.isnan(v) and math.isnan(parsed[k]))
