@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Launch the Lipschitz speedrun. With GPUs: torchrun over every local GPU, preset "speedrun" (FineWeb10B,
-# downloaded on first use). Without: the "shakespeare" preset on the CPU, from shards built offline.
-# Extra arguments pass through to train_gpt.py, e.g.  bash run.sh --w_max=2 --seed=1
+# Launch the Lipschitz speedrun. With GPUs: torchrun over every local GPU with the defaults at the top of
+# train_gpt.py (GPT-2 small on FineWeb10B, downloaded on first use). Without: the "shakespeare" preset on the
+# CPU, from shards built offline. Extra arguments pass through to train_gpt.py, e.g.  bash run.sh --w_max=2
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
@@ -10,7 +10,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -gt 0 ]; then
     "$PYTHON" data/cached_fineweb10B.py 8  # resumable; skips shards already present and valid
-    exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train_gpt.py --preset=speedrun "$@"
+    exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" train_gpt.py "$@"
 fi
 
 echo "run.sh: no GPU found; training the Shakespeare preset on the CPU (see README)."

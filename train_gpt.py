@@ -11,14 +11,20 @@ import copy
 import dataclasses
 import functools
 import glob
+import inspect
 import json
 import math
 import os
+import pickle
 import platform
+import re
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,87 +39,80 @@ if ROOT not in sys.path:
 
 import constraints  # noqa: E402
 import lipschitz  # noqa: E402
+from data.files import atomic_write  # noqa: E402
 from data.shards import read_shard  # noqa: E402
-from muon import Muon, default_orth_dtype  # noqa: E402
+from muon import ORTH_MAX_SINGULAR_VALUE, Muon, default_orth_dtype  # noqa: E402
 
 # -----------------------------------------------------------------------------
-# Hyperparameters. Every field can be set on the command line as --field=value.
+# Hyperparameters. The defaults below are the GPU run (GPT-2 small on FineWeb10B, 8xH100) that `bash run.sh`
+# launches on a GPU node: edit them here. `--preset=shakespeare` (the CPU run) and `--preset=smoke` change the
+# fields listed in PRESETS and say so at start-up. Any field can be set on the command line as --field=value.
 
 
 @dataclass
 class Hyperparameters:
-    preset: str = "shakespeare"
-    # data (globs of .bin shards; vocab_size 0 = read it from meta.json beside the shards)
-    train_files: str = "data/shakespeare/*train*.bin"
-    val_files: str = "data/shakespeare/*val*.bin"
-    vocab_size: int = 0
-    bos_token: int = -1  # token that starts each document (50256 for FineWeb); -1: one long document
-    sample: str = "random"  # "random" windows (seeded per step) or "sequential" through the shards
-    val_tokens: int = 65536  # tokens of the val split used at each validation (whole sequences)
+    preset: str = "speedrun"  # "speedrun" (these defaults), or a CPU preset of PRESETS below
+    # data
+    train_files: str = "data/fineweb10B/fineweb_train_*.bin"  # glob of .bin training shards
+    val_files: str = "data/fineweb10B/fineweb_val_*.bin"  # glob of .bin validation shards
+    vocab_size: int = 50257  # tokens in use (the model pads to a multiple of 64); 0 = read meta.json beside the shards
+    bos_token: int = 50256  # token that starts each document (attention stays inside it); -1 = one long document
+    sample: str = "sequential"  # "sequential" passes through the shards; "random" windows, seeded per step
+    val_tokens: int = 10485760  # tokens of the val split scored at each validation (whole sequences)
     # model
     arch: str = "lipschitz"  # "lipschitz" (norm-free, capped) or "speedrun" (RMSNorm, QK norm, softcap)
-    n_layer: int = 3
-    n_head: int = 4
-    head_dim: int = 64
-    d_model: int = 256
-    mlp_ratio: int = 4
-    attn_logit_scale: float = 8.0  # s in softmax(s q k^T / d_head)
-    final_logit_scale: float = 8.0  # multiplies the logits (and the Lipschitz bound)
-    # batch: each step sees batch_size sequences of seq_len tokens, micro_batch_size per rank at a time
-    seq_len: int = 256
-    batch_size: int = 64
-    micro_batch_size: int = 64
-    window_min: int = 0  # sliding-window attention grows from window_min to window_max tokens (0 = full)
-    window_max: int = 0
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 6  # attention heads per block
+    head_dim: int = 128  # width of each head
+    d_model: int = 768  # width of the residual stream
+    mlp_ratio: int = 4  # MLP hidden width / d_model
+    attn_logit_scale: float = 24.0  # s in softmax(s q k^T / d_head) (lipschitz arch)
+    final_logit_scale: float = 1.0  # multiplies the logits (and the Lipschitz bound)
+    # batch: each step sees batch_size sequences of seq_len tokens, micro_batch_size per rank per forward
+    seq_len: int = 48 * 1024  # tokens per sequence
+    batch_size: int = 8  # sequences per optimizer step, over all ranks
+    micro_batch_size: int = 1  # sequences per forward pass per rank (gradient accumulation makes up the rest)
+    window_min: int = 128  # sliding attention window at step 0, in tokens (0 = full causal attention)
+    window_max: int = 1792  # sliding attention window at the last step (grows linearly in steps of 128)
     # optimization
-    num_iterations: int = 2000
-    cooldown_frac: float = 0.4  # lr decays linearly to 0.1x over the last cooldown_frac of steps
-    muon_lr: float = 0.05
-    lm_head_lr: float = 0.005
-    embed_lr: float = 0.1
-    muon_momentum_warmup_steps: int = 300
-    weight_decay: float = 0.0
-    optimizer: str = "muon"  # "muon" for matrices (Adam for embeddings), or "adamw" for everything
-    adamw_lr: float = 0.003
+    num_iterations: int = 1770  # optimizer steps
+    cooldown_frac: float = 0.4  # the lr decays linearly to 0.1x over this last fraction of the steps
+    muon_lr: float = 0.05  # Muon lr of the hidden matrices
+    lm_head_lr: float = 0.005  # Muon lr of the lm_head
+    embed_lr: float = 0.1  # Adam lr of the embedding
+    muon_momentum_warmup_steps: int = 300  # Muon momentum rises 0.85 -> 0.95 over these steps
+    weight_decay: float = 0.0  # decoupled weight decay of the matrices (the decay-type constraints use it)
+    optimizer: str = "muon"  # "muon" for matrices (Adam for the embedding), or "adamw" for everything
+    adamw_lr: float = 0.003  # lr of every param under --optimizer=adamw
     # Lipschitz constraints
-    constraint: str = "soft_cap"  # see constraints.METHODS
-    w_max: float = 1.0  # RMS->RMS cap of every hidden matrix
-    lm_head_w_max: float = 1.0
+    constraint: str = "soft_cap"  # method applied to every matrix after each step (constraints.METHODS)
+    w_max: float = 8.0  # RMS->RMS norm cap of every hidden matrix
+    lm_head_w_max: float = 8.0  # RMS->RMS norm cap of the lm_head
     emb_w_max: float = 1.0  # RMS cap of each embedding row
-    orthogonalizer: str = "fork"
+    orthogonalizer: str = "fork"  # Muon's polar factor: "fork" (5 Newton-Schulz steps) or "polar_express"
     # evaluation, logging, checkpoints
-    val_every: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 0  # 0: only at the end
-    checkpoint_dir: str = "checkpoints"
-    resume: str = ""
-    log_dir: str = "logs"
-    run_id: str = ""
-    seed: int = 0
+    val_every: int = 125  # validate (loss, accuracy, bound, norms, activations) every this many steps
+    log_every: int = 1  # log the train loss every this many steps
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0 = off)
+    checkpoint_minutes: float = 10.0  # also checkpoint when this many minutes passed since the last (0 = off)
+    checkpoint_dir: str = "checkpoints"  # checkpoints go to <checkpoint_dir>/<run_id>.pt
+    resume: str = ""  # a checkpoint to continue (with the same flags)
+    log_dir: str = "logs"  # logs go to <log_dir>/<run_id>.txt
+    run_id: str = ""  # name of the log and checkpoint ("" = date-time + random suffix)
+    seed: int = 0  # seeds the init (and the batches under sample=random)
     # execution
     dtype: str = "auto"  # autocast: "auto" (bf16 on CUDA and on CPUs with native bf16, else fp32), "bf16", "fp32"
-    compile: str = "auto"  # torch.compile each block: "auto" (on CUDA), "yes", "no"
+    compile: str = "auto"  # torch.compile the model with its loss: "auto" (on CUDA), "yes", "no"
     warmup_steps: int = -1  # untimed kernel warm-up steps, state restored after; -1 = 10 on CUDA, 0 on CPU
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
 
     def __post_init__(self):
-        choices = dict(arch=("lipschitz", "speedrun"), sample=("random", "sequential"), optimizer=("muon", "adamw"),
-                       dtype=("auto", "bf16", "fp32"), compile=("auto", "yes", "no"))
-        for key, ok in choices.items():
-            if getattr(self, key) not in ok:
-                raise ValueError(f"--{key}={getattr(self, key)!r}: use one of {', '.join(ok)}")
-        for key in ("seq_len", "batch_size", "micro_batch_size", "val_every", "log_every", "val_tokens",
-                    "num_iterations"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"--{key}={getattr(self, key)} must be > 0")
-        if self.optimizer == "adamw" and self.constraint == "soft_cap":
-            raise ValueError("--constraint=soft_cap is coupled to Muon's bounded update and caps nothing under "
-                             "AdamW; use --constraint=spectral_normalize, hard_cap, svd_cap or none")
+        validate(self)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Hyperparameters":
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"--preset={name}: unknown; choose one of {', '.join(PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - fields
         if unknown:
@@ -124,24 +123,101 @@ class Hyperparameters:
     def from_args(cls, argv: list[str]) -> "Hyperparameters":
         """Parse `--field=value` arguments (with `--preset=name` applied first)."""
         if any(a in ("-h", "--help") for a in argv):
-            print(__doc__.strip() + "\n\nHyperparameters (--field=value; presets: " + ", ".join(PRESETS) + "):")
-            for f in dataclasses.fields(cls):
-                print(f"  --{f.name}={f.default!r}")
+            print(usage())
             raise SystemExit(0)
         kv = {}
         for arg in argv:
             if not (arg.startswith("--") and "=" in arg):
-                raise ValueError(f"bad argument {arg!r}: use --field=value, e.g. --w_max=2")
+                raise ValueError(f"bad argument {arg!r}: use --field=value, e.g. --w_max=2 (see --help)")
             key, value = arg[2:].split("=", 1)
             kv[key.replace("-", "_")] = value
-        preset = kv.pop("preset", "shakespeare")
+        preset = kv.pop("preset", "speedrun")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         overrides = {}
         for key, value in kv.items():
             if key not in types:
-                raise ValueError(f"unknown hyperparameter --{key}; valid: {sorted(types)}")
+                raise ValueError(f"unknown hyperparameter --{key}; see --help for the list")
             overrides[key] = _parse_value(value, types[key], key)
         return cls.from_preset(preset, **overrides)
+
+
+PRESETS = {
+    # the defaults above: GPT-2 small on FineWeb10B, 8xH100, ~0.7B tokens (paper Table 1 scale)
+    "speedrun": dict(),
+    # the paper's Shakespeare model on the CPU: d 256, 3 blocks, 4 heads, seq 256, batch 64, 2000 steps
+    "shakespeare": dict(
+        train_files="data/shakespeare/*train*.bin", val_files="data/shakespeare/*val*.bin", vocab_size=0,
+        bos_token=-1, sample="random", val_tokens=65536,
+        n_layer=3, n_head=4, head_dim=64, d_model=256, attn_logit_scale=8.0, final_logit_scale=8.0,
+        seq_len=256, batch_size=64, micro_batch_size=64, window_min=0, window_max=0,
+        num_iterations=2000, val_every=100, log_every=10, w_max=1.0, lm_head_w_max=1.0,
+    ),
+}
+# a tiny run for tests and a first try (seconds on a laptop CPU)
+PRESETS["smoke"] = dict(
+    PRESETS["shakespeare"], n_layer=2, n_head=2, head_dim=32, d_model=64, seq_len=64, batch_size=16,
+    micro_batch_size=16, num_iterations=60, val_every=20, log_every=10, val_tokens=8192,
+    muon_momentum_warmup_steps=20,
+)
+
+# Fields with a fixed set of values (--help lists them; validate() enforces them).
+CHOICES = dict(preset=tuple(PRESETS), sample=("sequential", "random"), arch=("lipschitz", "speedrun"),
+               optimizer=("muon", "adamw"), constraint=tuple(constraints.METHODS),
+               orthogonalizer=tuple(ORTH_MAX_SINGULAR_VALUE), dtype=("auto", "bf16", "fp32"),
+               compile=("auto", "yes", "no"))
+
+
+def validate(hp: Hyperparameters) -> None:
+    """Every check that needs no data or device, so a bad combination fails before step 0, naming the flag."""
+    for key, ok in CHOICES.items():
+        if getattr(hp, key) not in ok:
+            raise ValueError(f"--{key}={getattr(hp, key)}: use one of {', '.join(ok)}")
+    positive = ("n_layer", "n_head", "head_dim", "d_model", "mlp_ratio", "seq_len", "batch_size", "micro_batch_size",
+                "num_iterations", "val_every", "log_every", "val_tokens", "w_max", "lm_head_w_max", "emb_w_max",
+                "attn_logit_scale", "final_logit_scale")
+    non_negative = ("vocab_size", "window_min", "window_max", "muon_lr", "lm_head_lr", "embed_lr", "adamw_lr",
+                    "weight_decay", "muon_momentum_warmup_steps", "checkpoint_every", "checkpoint_minutes",
+                    "max_steps_this_run")
+    for key in positive:
+        if not getattr(hp, key) > 0:
+            raise ValueError(f"--{key}={getattr(hp, key)} must be > 0")
+    for key in non_negative:
+        if not getattr(hp, key) >= 0:
+            raise ValueError(f"--{key}={getattr(hp, key)} must be >= 0")
+    if not 0 <= hp.cooldown_frac <= 1:
+        raise ValueError(f"--cooldown_frac={hp.cooldown_frac} must be in [0, 1]")
+    if hp.window_max and hp.window_min > hp.window_max:
+        raise ValueError(f"--window_min={hp.window_min} exceeds --window_max={hp.window_max}")
+    if not 0 < hp.vocab_size < 2 ** 16 and hp.vocab_size != 0:
+        raise ValueError(f"--vocab_size={hp.vocab_size}: shards hold uint16 tokens, so it must be < 65536")
+    if hp.bos_token >= max(hp.vocab_size, 1) and hp.vocab_size:
+        raise ValueError(f"--bos_token={hp.bos_token} is not a token of a vocab of {hp.vocab_size}; use -1 for none")
+    if hp.optimizer == "adamw" and constraints.PROPERTIES[hp.constraint].coupled:
+        raise ValueError(f"--constraint={hp.constraint} is coupled to Muon's bounded update and caps nothing "
+                         f"under AdamW; use --constraint=spectral_normalize, hard_cap, svd_cap or none")
+
+
+def usage() -> str:
+    """--help: one line per field (its default, then the comment beside it above, then its choices)."""
+    lines = [__doc__.strip(), "", f"Hyperparameters (--field=value; defaults are the GPU run; presets: "
+             f"{', '.join(PRESETS)}):"]
+    comments = field_comments()
+    for f in dataclasses.fields(Hyperparameters):
+        choices = f"  [{' | '.join(CHOICES[f.name])}]" if f.name in CHOICES else ""
+        lines.append(f"  --{f.name}={f.default!r}  {comments.get(f.name, '')}{choices}")
+    return "\n".join(lines)
+
+
+def field_comments() -> dict[str, str]:
+    """The comment beside each field in the Hyperparameters source (the one description, kept in one place)."""
+    src = inspect.getsource(Hyperparameters)
+    return dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", src, re.M))
+
+
+def preset_overrides(hp: Hyperparameters) -> dict:
+    """Fields the preset sets (and the command line left alone) that depart from the defaults at the top."""
+    defaults = Hyperparameters.__dataclass_fields__
+    return {k: v for k, v in PRESETS[hp.preset].items() if v != defaults[k].default and getattr(hp, k) == v}
 
 
 def _parse_value(value: str, typ: str, key: str):
@@ -154,24 +230,6 @@ def _parse_value(value: str, typ: str, key: str):
         raise ValueError(f"--{key}={value!r} is not a valid {typ}") from None
     return value
 
-
-PRESETS = {
-    # GPT-2 small on FineWeb10B, 8xH100, ~0.7B tokens (paper Table 1 scale)
-    "speedrun": dict(
-        train_files="data/fineweb10B/fineweb_train_*.bin", val_files="data/fineweb10B/fineweb_val_*.bin",
-        vocab_size=50257, bos_token=50256, sample="sequential", val_tokens=10485760,
-        n_layer=12, n_head=6, head_dim=128, d_model=768, attn_logit_scale=24.0, final_logit_scale=1.0,
-        seq_len=48 * 1024, batch_size=8, micro_batch_size=1, window_min=128, window_max=1792,
-        num_iterations=1770, val_every=125, log_every=1, w_max=8.0, lm_head_w_max=8.0,
-    ),
-    # the paper's Shakespeare model: d 256, 3 blocks, 4 heads, seq 256, batch 64, 2000 steps
-    "shakespeare": dict(),
-    # a tiny run for tests and a first try (well under a minute on a laptop CPU)
-    "smoke": dict(
-        n_layer=2, n_head=2, head_dim=32, d_model=64, seq_len=64, batch_size=16, micro_batch_size=16,
-        num_iterations=60, val_every=20, log_every=10, val_tokens=8192, muon_momentum_warmup_steps=20,
-    ),
-}
 
 # -----------------------------------------------------------------------------
 # Model. Weights are stored (d_out, d_in); norms are RMS->RMS: ||W||_* = sqrt(d_in/d_out) sigma_max(W).
@@ -199,17 +257,25 @@ def semi_orthogonal_(w: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE on the last dim of (B, T, H, D); a rotation per token, so it preserves every norm."""
+    """RoPE on the last dim of (B, T, H, D); a rotation per token, so it preserves every norm. The cos/sin
+    tables are computed once for max_len tokens (not saved in checkpoints) and sliced per call."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
         super().__init__()
-        freqs = base ** (-torch.arange(0, head_dim // 2, dtype=torch.float32) / (head_dim // 2))
-        self.register_buffer("freqs", freqs, persistent=False)
+        self.freqs = base ** (-torch.arange(0, head_dim // 2, dtype=torch.float64) / (head_dim // 2))
+        cos, sin = self.tables(max_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, T, 1, head_dim/2) cos and sin of the rotation angles of tokens 0..T-1, float32."""
+        theta = torch.outer(torch.arange(T, dtype=torch.float64), self.freqs)[None, :, None, :]
+        return theta.cos().float().to(device), theta.sin().float().to(device)
 
     def forward(self, x):
-        t = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)
-        theta = torch.outer(t, self.freqs)[None, :, None, :]
-        cos, sin = theta.cos().to(x.dtype), theta.sin().to(x.dtype)
+        T = x.shape[1]
+        cos, sin = (self.cos[:, :T], self.sin[:, :T]) if T <= self.cos.shape[1] else self.tables(T, x.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
@@ -290,7 +356,7 @@ class Attention(nn.Module):
         inner = hp.n_head * hp.head_dim
         self.q, self.k, self.v = CastedLinear(hp.d_model, inner), CastedLinear(hp.d_model, inner), CastedLinear(hp.d_model, inner)
         self.o = CastedLinear(inner, hp.d_model)
-        self.rotary = Rotary(hp.head_dim)
+        self.rotary = Rotary(hp.head_dim, hp.seq_len)
         # lipschitz: s/d_head (the provable 1/d form times s); speedrun: the usual 1/sqrt(d_head)
         self.scale = hp.attn_logit_scale / hp.head_dim if hp.arch == "lipschitz" else hp.head_dim ** -0.5
 
@@ -340,13 +406,16 @@ def padded_vocab(vocab_size: int) -> int:
 
 
 class GPT(nn.Module):
-    """Token ids (B, T) -> logits (B, T, padded vocab). arch "lipschitz": norm-free, every matrix capped,
-    logits a certified-Lipschitz function of the embedding output (see lipschitz.py)."""
+    """Token ids (B, T) -> logits (B, T, padded vocab) or, given targets, the loss. arch "lipschitz":
+    norm-free, every matrix capped, logits a certified-Lipschitz function of the embedding output
+    (see lipschitz.py)."""
 
     def __init__(self, hp: Hyperparameters):
         super().__init__()
+        if hp.vocab_size <= 0:
+            raise ValueError(f"vocab_size={hp.vocab_size}: set it (main() reads it from meta.json beside the "
+                             f"shards) before building the model")
         self.hp, self.arch = hp, hp.arch
-        self.vocab_size = hp.vocab_size
         self.embed = nn.Embedding(padded_vocab(hp.vocab_size), hp.d_model)
         self.blocks = nn.ModuleList(Block(hp) for _ in range(hp.n_layer))
         self.lm_head = CastedLinear(hp.d_model, padded_vocab(hp.vocab_size))
@@ -363,9 +432,9 @@ class GPT(nn.Module):
             self.embed.weight.copy_(constraints.cap_row_rms(self.embed.weight, hp.emb_w_max))
 
     def logits_from_embeddings(self, x, mask: AttentionMask | None = None, stats: list | None = None):
-        """Embedding output x (B, T, d) -> logits (B, T, V_pad), in float32. The function lipschitz.py
-        certifies (in the ||.||_inf-RMS norm over tokens). `stats`, if given, receives per layer
-        (max |entry|, max token RMS) of the residual stream."""
+        """Embedding output x (B, T, d) -> logits (B, T, V_pad), in float32 (float64 in a float64 model). The
+        function lipschitz.py certifies (in the ||.||_inf-RMS norm over tokens). `stats`, if given, receives
+        per layer a (2,) tensor: (max |entry|, max token RMS) of the residual stream."""
         if mask is None:
             mask = AttentionMask(torch.zeros(x.shape[:2], dtype=torch.long, device=x.device), -1, 0)
         if self.arch == "speedrun":
@@ -374,18 +443,54 @@ class GPT(nn.Module):
             x = block(x, mask)
             if stats is not None:
                 xf = x.detach().float()
-                stats.append((xf.abs().amax().item(), xf.square().mean(-1).sqrt().amax().item()))
+                stats.append(torch.stack((xf.abs().amax(), xf.square().mean(-1).sqrt().amax())))
         if self.arch == "speedrun":
             x = rms_norm(x)
         logits = self.lm_head(x)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 in a fp64 model
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if self.arch == "speedrun":
             return self.softcap * torch.tanh(logits / self.softcap)
         return self.final_logit_scale * logits
 
-    def forward(self, idx, window: int = 0, stats: list | None = None):
+    def forward(self, idx, targets=None, window: int = 0):
+        """idx (B, T) -> logits (B, T, V_pad); with targets (B, T): the mean cross-entropy over the
+        vocab_size real tokens."""
         mask = AttentionMask(idx, self.hp.bos_token, window)
-        return self.logits_from_embeddings(self.embed(idx), mask, stats)
+        if targets is None:
+            return self.logits_from_embeddings(self.embed(idx), mask)
+        return self.loss(idx, targets, mask)
+
+    def loss(self, idx, targets, mask: AttentionMask):
+        """The training loss: mean cross-entropy of (B, T) targets over the vocab_size real tokens."""
+        logits = self.logits_from_embeddings(self.embed(idx), mask)[..., :self.hp.vocab_size]
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def eval_sums(self, idx, targets, mask: AttentionMask):
+        """-> (summed loss, correct predictions, (n_layer, 2) activation maxima), all tensors (no host sync)."""
+        stats: list = []
+        logits = self.logits_from_embeddings(self.embed(idx), mask, stats)[..., :self.hp.vocab_size]
+        flat = logits.reshape(-1, logits.size(-1))
+        loss_sum = F.cross_entropy(flat, targets.reshape(-1), reduction="sum")
+        correct = (flat.argmax(-1) == targets.reshape(-1)).sum()
+        return loss_sum, correct, torch.stack(stats)
+
+
+
+@dataclass
+class ModelFns:
+    """The model's two entry points the trainer calls, (idx, targets, mask) -> ..., eager or compiled."""
+    loss: callable
+    eval_sums: callable
+
+
+def model_fns(model: GPT, compile: bool) -> ModelFns:
+    """With compile, each entry point becomes one torch.compile graph from token ids to the loss (embedding,
+    blocks, lm_head, logit scale, cross-entropy): no float32 tokens x vocab tensor is built eagerly.
+    Attention masks are built outside the graph (by a compiled create_block_mask on CUDA). The compiled
+    functions live with the trainer, not the model, so copies of the model (lipschitz.py) stay plain."""
+    if not compile:
+        return ModelFns(model.loss, model.eval_sums)
+    return ModelFns(torch.compile(model.loss, dynamic=False), torch.compile(model.eval_sums, dynamic=False))
 
 
 def make_model(hp: Hyperparameters) -> GPT:
@@ -455,15 +560,24 @@ def micro_batch_size(hp: Hyperparameters, world: int) -> int:
     return max(d for d in range(1, min(hp.micro_batch_size, per_rank) + 1) if per_rank % d == 0)
 
 
+def token_batch(stream: TokenStream, starts, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), each (len(starts), seq_len) int64 on device: the windows of seq_len + 1 tokens at
+    `starts`, shifted by one. On CUDA the host buffer is pinned so the copy overlaps compute."""
+    rows = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int64)
+    buf = torch.from_numpy(rows)
+    if device.type == "cuda":
+        buf = buf.pin_memory()
+    buf = buf.to(device, non_blocking=True)
+    return buf[:, :-1], buf[:, 1:]
+
+
 def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, rank: int, world: int, device):
     """Yield (inputs, targets) of shape (micro batch, seq_len) for this rank's share of a step."""
     starts = batch_starts(hp, step, stream.total)
     per_rank, micro = hp.batch_size // world, micro_batch_size(hp, world)
     mine = starts[rank * per_rank:(rank + 1) * per_rank]
     for i in range(0, per_rank, micro):
-        rows = [stream.window(int(s), hp.seq_len + 1) for s in mine[i:i + micro]]
-        buf = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device, non_blocking=True)
-        yield buf[:, :-1], buf[:, 1:]
+        yield token_batch(stream, mine[i:i + micro], hp.seq_len, device)
 
 
 def read_vocab_size(hp: Hyperparameters) -> int:
@@ -493,14 +607,21 @@ def window_size(hp: Hyperparameters, step: int) -> int:
 # Optimizers and schedules
 
 
+def matrices(model: GPT) -> list[tuple[str, nn.Parameter]]:
+    """The weight matrices every constraint acts on: hidden matrices and the lm_head (not the embedding)."""
+    return [(n, p) for n, p in model.named_parameters() if param_kind(n) != "emb"]
+
+
 def make_optimizers(model: GPT, hp: Hyperparameters) -> list[torch.optim.Optimizer]:
-    """Muon for hidden matrices and the lm_head, Adam for the embedding (or AdamW for all)."""
-    hidden = [p for n, p in model.named_parameters() if param_kind(n) in ("qkv", "o", "fc", "proj")]
+    """Muon for hidden matrices and the lm_head, Adam for the embedding (or AdamW for all; when the constraint
+    is itself a decay, it applies the matrices' weight decay instead of AdamW)."""
     if hp.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=hp.adamw_lr, betas=(0.9, 0.95),
-                                  weight_decay=hp.weight_decay)]
-    if hp.optimizer != "muon":
-        raise ValueError(f"unknown --optimizer={hp.optimizer!r}; use muon or adamw")
+        mats = [p for _, p in matrices(model)]
+        matrix_wd = 0.0 if constraints.PROPERTIES[hp.constraint].decays else hp.weight_decay
+        return [torch.optim.AdamW([dict(params=mats, weight_decay=matrix_wd),
+                                   dict(params=[model.embed.weight], weight_decay=hp.weight_decay)],
+                                  lr=hp.adamw_lr, betas=(0.9, 0.95))]
+    hidden = [p for n, p in matrices(model) if param_kind(n) != "lm_head"]
     muon = Muon([
         dict(params=hidden, lr=hp.muon_lr, w_max=hp.w_max),
         dict(params=[model.lm_head.weight], lr=hp.lm_head_lr, w_max=hp.lm_head_w_max),
@@ -532,16 +653,22 @@ def set_schedules(optimizers, hp: Hyperparameters, step: int):
 
 
 @torch.no_grad()
-def constrain_non_muon(model: GPT, hp: Hyperparameters):
-    """Caps that are not Muon's job: embedding rows always (lipschitz arch); matrices under AdamW."""
+def constrain_non_muon(model: GPT, hp: Hyperparameters, optimizers: list[torch.optim.Optimizer]):
+    """Caps that are not Muon's job: embedding rows always (lipschitz arch); every matrix under AdamW, with the
+    step's lr and weight decay, and the method's warm-start state kept in AdamW's state (so it is
+    checkpointed and resumes exactly)."""
     if hp.arch != "lipschitz":
         return
     model.embed.weight.copy_(constraints.cap_row_rms(model.embed.weight, hp.emb_w_max))
-    if hp.optimizer == "adamw" and hp.constraint not in ("none", "weight_decay"):
-        for n, p in model.named_parameters():
-            if p.ndim == 2 and n != "embed.weight":
-                cap = hp.lm_head_w_max if n.startswith("lm_head") else hp.w_max
-                p.copy_(constraints.apply(p, hp.constraint, cap))
+    if hp.optimizer != "adamw" or hp.constraint == "none":
+        return
+    (adamw,) = optimizers
+    lr = adamw.param_groups[0]["lr"]  # the matrices' group, after the schedule
+    for n, p in matrices(model):
+        cap = hp.lm_head_w_max if param_kind(n) == "lm_head" else hp.w_max
+        state = adamw.state[p].setdefault("constraint", {})  # after AdamW's step, so its own state exists
+        p.copy_(constraints.apply(p, hp.constraint, cap, lr=lr, weight_decay=hp.weight_decay, state=state,
+                                  check_finite=False))
 
 
 # -----------------------------------------------------------------------------
@@ -562,14 +689,16 @@ def setup_distributed():
 
 
 def all_reduce_grads(model: nn.Module, world: int):
+    """Average the gradients over ranks (NCCL averages in the reduction; gloo has no AVG: sum, then divide)."""
     if world == 1:
         return
-    works = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    avg = dist.get_backend() == "nccl"
+    works = [dist.all_reduce(g, op=dist.ReduceOp.AVG if avg else dist.ReduceOp.SUM, async_op=True) for g in grads]
     for w in works:
         w.wait()
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad.div_(world)
+    if not avg:
+        torch._foreach_div_(grads, world)
 
 
 def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
@@ -583,30 +712,34 @@ def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
 # Evaluation and the numbers every validation reports
 
 
-@torch.no_grad()
-def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, device, amp, window):
-    """-> (val loss, val acc, per-layer (max |entry|, max token RMS) of the residual stream) over the first
-    hp.val_tokens tokens of the val split: the same sequences for any world size."""
+def val_sequence_count(hp: Hyperparameters, val: TokenStream) -> int:
+    """Whole sequences scored per validation; checked at start-up so a bad --val_tokens fails before step 0."""
     n_seq = max(1, hp.val_tokens // hp.seq_len)
     if n_seq * hp.seq_len + 1 > val.total:
         raise ValueError(f"--val_tokens={hp.val_tokens} exceeds the {val.total} tokens of the val split; lower it")
+    return n_seq
+
+
+@torch.no_grad()
+def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, device, amp, window, eval_sums=None):
+    """-> (val loss, val acc, per-layer (max |entry|, max token RMS) of the residual stream) over the first
+    hp.val_tokens tokens of the val split: the same sequences for any world size. One host sync, at the end."""
+    eval_sums = eval_sums or model.eval_sums
+    n_seq = val_sequence_count(hp, val)
     mine = range(rank * n_seq // world, (rank + 1) * n_seq // world)  # shares may differ by one
-    loss_sum = correct = count = 0.0
-    stats = torch.zeros(hp.n_layer, 2, device=device, dtype=torch.float64)
+    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, tokens
+    stats = torch.zeros(hp.n_layer, 2, device=device, dtype=torch.float32)
     for i in range(0, len(mine), hp.micro_batch_size):
-        rows = [val.window(s * hp.seq_len, hp.seq_len + 1) for s in mine[i:i + hp.micro_batch_size]]
-        buf = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
-        x, y = buf[:, :-1], buf[:, 1:]
-        layer_stats: list = []
+        x, y = token_batch(val, [s * hp.seq_len for s in mine[i:i + hp.micro_batch_size]], hp.seq_len, device)
         with amp:
-            logits = model(x, window, stats=layer_stats)[..., :hp.vocab_size]
-        stats = torch.maximum(stats, torch.tensor(layer_stats, device=device, dtype=torch.float64))
-        loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-        count += y.numel()
-    loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], world, device)
+            loss_sum, correct, layer_stats = eval_sums(x, y, AttentionMask(x, hp.bos_token, window))
+        sums += torch.stack((loss_sum.double(), correct.double(), torch.tensor(float(y.numel()), device=device,
+                                                                              dtype=torch.float64)))
+        stats = torch.maximum(stats, layer_stats.float())
     if world > 1:
+        dist.all_reduce(sums)
         dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+    loss_sum, correct, count = sums.tolist()
     return loss_sum / count, correct / count, stats.tolist()
 
 
@@ -657,14 +790,25 @@ def hardware_summary(device) -> str:
     return "\n".join(lines)
 
 
+def ensure_writable_dir(path: str, flag: str) -> None:
+    """Create `path` if needed and prove a file can be written there, so a bad --log_dir/--checkpoint_dir
+    fails at start-up, not after the run."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--{flag}={path}: cannot write there ({e.strerror or e}); "
+                         f"pass a writable directory") from None
+
+
 class Logger:
     """Writes logs/<run_id>.txt (rank 0 only) and echoes run lines to the console."""
 
-    def __init__(self, hp: Hyperparameters, rank: int, world: int, device, resumed: bool):
+    def __init__(self, hp: Hyperparameters, rank: int, world: int, device, resumed: bool, dtype: str):
         self.path = None
         if rank != 0:
             return
-        os.makedirs(hp.log_dir, exist_ok=True)
         self.path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
         with open(self.path, "a" if resumed else "w") as f:
             if not resumed:
@@ -672,64 +816,92 @@ class Logger:
                     with open(src) as code:
                         f.write(f"# {os.path.relpath(src, ROOT)}\n{code.read()}\n{SEPARATOR}\n")
                 f.write(hardware_summary(device) + f"\n{SEPARATOR}\n")
-            config = dict(dataclasses.asdict(hp), world_size=world, tokens_per_step=hp.batch_size * hp.seq_len)
+            config = dict(dataclasses.asdict(hp), world_size=world, tokens_per_step=hp.batch_size * hp.seq_len,
+                          dtype_used=dtype)
             f.write("config: " + json.dumps(config, sort_keys=True) + "\n")
 
-    def __call__(self, line: str, console: bool = True):
+    def __call__(self, line: str, console: bool = True, console_suffix: str = ""):
         if self.path is None:
             return
         if console:
-            print(line, flush=True)
+            print(line + console_suffix, flush=True)
         with open(self.path, "a") as f:
             f.write(line + "\n")
 
 
 def log_validation(log: Logger, model: GPT, hp: Hyperparameters, step: int, val_loss, val_acc, stats,
-                   train_ms: float, timed_steps: int):
+                   train_ms: float, timed_steps: int) -> dict:
+    """Logs a validation's lines; returns lipschitz.bound_report(model)."""
     head = f"step:{step}/{hp.num_iterations}"
     log(f"{head} val_loss:{val_loss:.4f} val_acc:{val_acc:.4f} train_time:{train_ms:.0f}ms "
         f"step_avg:{train_ms / max(1, timed_steps):.2f}ms")
     report = lipschitz.bound_report(model)
     log(f"{head} lipschitz_bound_log10:{report['log10_bound']:.4f} lipschitz_bound:{report['bound']:.6g} "
-        f"lipschitz_bound_tight_log10:{report['log10_bound_tight']:.4f}")
+        f"lipschitz_bound_tight_log10:{report['log10_bound_tight']:.4f} "
+        f"lipschitz_bound_paper_literal_log10:{report['log10_bound_paper_literal']:.4f}")
     norms = weight_norms(model)
     log(f"{head} max_weight_norm " + " ".join(f"{k}:{v:.4f}" for k, v in norms.items()))
     if stats:
         log(f"{head} act_max_entry:{max(s[0] for s in stats):.4f} act_max_rms:{max(s[1] for s in stats):.4f}")
         log(f"{head} act_per_layer " + " ".join(f"L{i}_entry:{e:.3f} L{i}_rms:{r:.3f}"
                                                 for i, (e, r) in enumerate(stats)), console=False)
+    return report
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def launch_command(argv: list[str], world: int) -> str:
+    """The command line that ran this process, for 'continue with' hints (without any --resume)."""
+    args = " ".join(a for a in argv if not a.startswith("--resume="))
+    if world > 1:
+        return f"torchrun --standalone --nproc_per_node={world} train_gpt.py {args}".rstrip()
+    return f"python train_gpt.py {args}".rstrip()
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: written to a temp file then renamed, loaded with weights_only=True
+# Checkpoints: written atomically (temp file, then rename), loaded with weights_only=True
+
+CHECKPOINT_KEYS = ("step", "train_ms", "hp", "model", "optimizers", "rng")
 
 
-def save_checkpoint(path: str, model, optimizers, hp: Hyperparameters, step: int, train_ms: float):
-    """Rank 0's view: model, optimizer states, step (which fixes the loader position) and RNG."""
+def save_checkpoint(path: str, model, optimizers, hp: Hyperparameters, step: int, train_ms: float,
+                    summary: dict | None = None):
+    """Rank 0's view: model, optimizer states, step (which fixes the loader position), RNG, and the last
+    validation's numbers (`summary`) so a finished run can report them without a model."""
     state = dict(step=step, train_ms=train_ms, hp=dataclasses.asdict(hp), model=model.state_dict(),
-                 optimizers=[opt.state_dict() for opt in optimizers], rng=torch.get_rng_state())
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+                 optimizers=[opt.state_dict() for opt in optimizers], rng=torch.get_rng_state(),
+                 summary=dict(summary or {}))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: str, flag: str = "") -> dict:
+    """The project's one checkpoint reader: the dict save_checkpoint wrote. Anything else (missing, truncated,
+    foreign) raises FileNotFoundError/ValueError with one line naming the file (as `flag=path`) and the problem."""
+    name = f"{flag}={path}" if flag else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has no directory
+        raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a file torch.save wrote)")
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{name}: not a checkpoint of train_gpt.py (it holds Python objects beyond tensors and "
+                         f"plain data; it was not loaded)") from None
+    except Exception:  # torch raises RuntimeError, EOFError, zipfile and OS errors for truncated or foreign files
+        raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a file torch.save wrote)") from None
+    missing = [k for k in CHECKPOINT_KEYS if not (isinstance(state, dict) and k in state)]
+    if missing:
+        raise ValueError(f"{name}: not a checkpoint of train_gpt.py (it lacks {', '.join(missing)})")
+    return state
 
 
 # Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
-RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "log_dir", "checkpoint_dir", "checkpoint_every", "log_every",
-                     "val_every", "compile", "warmup_steps", "micro_batch_size"}
-
-
-def read_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume={path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"--resume={path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "log_dir", "checkpoint_dir", "checkpoint_every",
+                     "checkpoint_minutes", "log_every", "val_every", "compile", "warmup_steps", "micro_batch_size"}
 
 
 def check_resumable(saved: dict, hp: Hyperparameters, path: str):
@@ -742,9 +914,7 @@ def check_resumable(saved: dict, hp: Hyperparameters, path: str):
 
 def load_checkpoint(state: dict, model, optimizers) -> tuple[int, float]:
     model.load_state_dict(state["model"])
-    if len(state["optimizers"]) != len(optimizers):
-        raise ValueError(f"checkpoint has {len(state['optimizers'])} optimizers, this run {len(optimizers)}")
-    for opt, s in zip(optimizers, state["optimizers"]):
+    for opt, s in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(s)
     torch.set_rng_state(state["rng"])
     return state["step"], state["train_ms"]
@@ -758,43 +928,83 @@ def weights_finite(model: nn.Module) -> bool:
 # Training
 
 
-def autocast_for(hp: Hyperparameters, device):
-    native_bf16 = default_orth_dtype(device) == torch.bfloat16  # CUDA, or a CPU with bf16 matmul units
+def autocast_for(hp: Hyperparameters, device) -> tuple[torch.autocast, str]:
+    """(autocast context, the dtype it uses: "bf16" or "fp32"). auto: bf16 where it is native (CUDA, CPUs with
+    AVX512-BF16/AMX), fp32 elsewhere (emulated bf16 is ~30x slower)."""
+    native_bf16 = default_orth_dtype(device) == torch.bfloat16
     dtype = hp.dtype if hp.dtype != "auto" else ("bf16" if native_bf16 else "fp32")
-    if dtype not in ("bf16", "fp32"):
-        raise ValueError(f"--dtype={hp.dtype!r}: use auto, bf16 or fp32")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"), dtype
 
 
-def train_step(model, optimizers, train, hp, step, rank, world, device, amp) -> torch.Tensor:
-    """One optimizer step over this rank's share of the global batch; returns the mean train loss."""
+def train_step(model, optimizers, train, hp, step, rank, world, device, amp, loss_fn=None) -> torch.Tensor:
+    """One optimizer step over this rank's share of the global batch; returns the mean train loss (on device).
+    loss_fn(idx, targets, mask) -> loss defaults to the eager model.loss (model_fns gives the compiled one)."""
+    loss_fn = loss_fn or model.loss
     window = window_size(hp, step)
     n_micro = hp.batch_size // (world * micro_batch_size(hp, world))
-    total = torch.zeros((), device=device)
+    total = None
     for x, y in micro_batches(train, hp, step, rank, world, device):
         with amp:
-            logits = model(x, window)[..., :hp.vocab_size]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1)) / n_micro
+            loss = loss_fn(x, y, AttentionMask(x, hp.bos_token, window)) / n_micro
         loss.backward()
-        total += loss.detach()
+        total = loss.detach() if total is None else total + loss.detach()
     all_reduce_grads(model, world)
     set_schedules(optimizers, hp, step)
     for opt in optimizers:
         opt.step()
-    constrain_non_muon(model, hp)
+    constrain_non_muon(model, hp, optimizers)
     model.zero_grad(set_to_none=True)
     return total
 
 
+class StopSignals:
+    """SIGINT/SIGTERM ask the loop to stop after the current step, checkpoint and exit cleanly (`received`
+    holds the signal number); a second SIGINT aborts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool):
+        self.received, self.announce, self.previous = 0, announce, {}
+
+    def __enter__(self):
+        try:
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave the handlers alone
+            self.previous = {}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                  f"(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    hp = Hyperparameters.from_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    hp = Hyperparameters.from_args(argv)
     rank, world, device = setup_distributed()
+    say = print if rank == 0 else (lambda *a, **k: None)
     micro_batch_size(hp, world)  # validates the batch geometry before any work
+    for flag in ("log_dir", "checkpoint_dir"):
+        ensure_writable_dir(getattr(hp, flag), flag)
     hp.vocab_size = read_vocab_size(hp)
-    saved = read_checkpoint(hp.resume) if hp.resume else None
+    saved = read_checkpoint(hp.resume, "--resume") if hp.resume else None
     if saved is not None:
         hp.run_id = hp.run_id or saved["hp"]["run_id"]  # continue the same log and checkpoint
         check_resumable(saved["hp"], hp, hp.resume)
+        if saved["step"] >= hp.num_iterations:
+            done = saved.get("summary", {})
+            say(f"--resume={hp.resume}: run {hp.run_id} is already complete (step {saved['step']}/"
+                f"{hp.num_iterations}" + (f", val_loss {done['val_loss']:.4f}" if "val_loss" in done else "")
+                + "); nothing to train")
+            return dict(run_id=hp.run_id, checkpoint=hp.resume, log=None, complete=True, **done)
     if not hp.run_id:
         hp.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         if world > 1:  # every rank must agree on the run id
@@ -803,19 +1013,18 @@ def main(argv: list[str] | None = None) -> dict:
             hp.run_id = ids[0]
     train = TokenStream(hp.train_files, hp.vocab_size, "training")
     val = TokenStream(hp.val_files, hp.vocab_size, "validation")
-    amp = autocast_for(hp, device)
+    val_sequence_count(hp, val)
+    amp, dtype_used = autocast_for(hp, device)
 
     model = make_model(hp).to(device)
     optimizers = make_optimizers(model, hp)
-    if hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda"):
-        for block in model.blocks:  # masks are built eagerly; FlexAttention is fused inside each block
-            block.compile(dynamic=False)
+    fns = model_fns(model, compile=hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda"))
 
     warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else 0)
     if warmup and not saved:  # compile kernels untimed, then restore the initial state
         initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
         for s in range(warmup):
-            train_step(model, optimizers, train, hp, s, rank, world, device, amp)
+            train_step(model, optimizers, train, hp, s, rank, world, device, amp, fns.loss)
         model.load_state_dict(initial["model"])
         for o, s in zip(optimizers, initial["opts"]):
             o.load_state_dict(s)
@@ -823,48 +1032,80 @@ def main(argv: list[str] | None = None) -> dict:
     start_step, train_ms = 0, 0.0
     if saved:
         start_step, train_ms = load_checkpoint(saved, model, optimizers)
-        if start_step > hp.num_iterations:
-            raise ValueError(f"--resume={hp.resume} is at step {start_step}, past --num_iterations={hp.num_iterations}")
-    log = Logger(hp, rank, world, device, resumed=bool(saved))
+    log = Logger(hp, rank, world, device, resumed=bool(saved), dtype=dtype_used)
+    overrides = preset_overrides(hp)
+    if overrides:
+        log(f"preset {hp.preset}: " + " ".join(f"{k}={v}" for k, v in overrides.items())
+            + "  (the defaults at the top of train_gpt.py are the GPU run)")
+    if saved:
+        log(f"resumed run {hp.run_id} from step {start_step}/{hp.num_iterations} ({hp.resume})")
     ckpt_path = os.path.join(hp.checkpoint_dir, f"{hp.run_id}.pt")
     end_step = hp.num_iterations if not hp.max_steps_this_run else min(
         hp.num_iterations, start_step + hp.max_steps_this_run)
 
-    result: dict = {"run_id": hp.run_id, "log": log.path, "checkpoint": ckpt_path}
+    result: dict = {"run_id": hp.run_id, "log": log.path, "checkpoint": ckpt_path, "dtype": dtype_used}
+    summary: dict = dict(saved.get("summary", {})) if saved else {}
     timed_steps, step = start_step, start_step  # train_ms is cumulative over resumes, and so is the count
-    while True:
-        last = step >= end_step
-        if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
-            val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step))
-            if rank == 0:
-                log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
-            result.update(val_loss=val_loss, val_acc=val_acc)
-        if step > start_step and (last or (hp.checkpoint_every and step % hp.checkpoint_every == 0)):
-            if not weights_finite(model):  # identical weights on every rank, so every rank stops here
-                raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "
-                                         f"overwriting the last good checkpoint {ckpt_path}")
-            if rank == 0:
-                save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms)
-        if last:
-            break
-        t0 = time.perf_counter()
-        loss = train_step(model, optimizers, train, hp, step, rank, world, device, amp)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_ms += 1000 * (time.perf_counter() - t0)
-        timed_steps += 1
-        step += 1
-        loss_value = all_reduce_sum([loss.item()], world, device)[0] / world
-        if not math.isfinite(loss_value):
-            log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value}")
-            kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-            raise FloatingPointError(f"training loss became {loss_value} at step {step}; stopping ({kept}). "
-                                     f"Try a smaller learning rate or a tighter --w_max")
-        if step % hp.log_every == 0 or step == end_step:
-            log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
-                f"step_avg:{train_ms / timed_steps:.2f}ms")
+    wall0 = last_ckpt = time.monotonic()
+    with StopSignals(announce=rank == 0) as stop:
+        want_ckpt = False
+        while True:
+            last = step >= end_step or stop.received
+            if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
+                val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step),
+                                                    fns.eval_sums)
+                summary = dict(step=step, val_loss=val_loss, val_acc=val_acc)
+                if rank == 0:
+                    report = log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
+                    summary["log10_bound"] = report["log10_bound"]
+            if step > start_step and (last or want_ckpt or (hp.checkpoint_every and step % hp.checkpoint_every == 0)):
+                if not weights_finite(model):  # identical weights on every rank, so every rank stops here
+                    raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "
+                                             f"overwriting the last good checkpoint {ckpt_path}")
+                if rank == 0:
+                    save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms, summary)
+                last_ckpt = time.monotonic()
+            if last:
+                break
+            t0 = time.perf_counter()
+            loss = train_step(model, optimizers, train, hp, step, rank, world, device, amp, fns.loss)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_ms += 1000 * (time.perf_counter() - t0)
+            timed_steps += 1
+            step += 1
+            due = rank == 0 and hp.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * hp.checkpoint_minutes
+            # one reduction makes every rank agree on the loss, a stop signal and a timed checkpoint
+            loss_sum, stops, dues = all_reduce_sum([loss.item(), float(stop.received), float(due)], world, device)
+            loss_value, want_ckpt = loss_sum / world, dues > 0
+            if stops and not stop.received:
+                stop.received = signal.SIGTERM  # another rank was signalled
+            if not math.isfinite(loss_value):
+                log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value}")
+                kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
+                raise FloatingPointError(f"training loss became {loss_value} at step {step}; stopping ({kept}). "
+                                         f"Try a smaller learning rate or a tighter --w_max")
+            if step % hp.log_every == 0 or step == end_step:
+                eta = (time.monotonic() - wall0) / (step - start_step) * (end_step - step)
+                log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
+                    f"step_avg:{train_ms / timed_steps:.2f}ms", console_suffix=f" eta:{format_duration(eta)}"
+                    if step < end_step else "")
     if device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+    result.update(summary, step=step)
+    resume_hint = f"{launch_command(argv, world)} --resume={ckpt_path}"
+    if stop.received:
+        result["stopped"] = signal.Signals(stop.received).name
+        log(f"stopped by {result['stopped']} at step {step}/{hp.num_iterations}; checkpoint {ckpt_path}")
+        say(f"continue with: {resume_hint}")
+    elif step < hp.num_iterations:
+        log(f"stopped at step {step}/{hp.num_iterations} (--max_steps_this_run={hp.max_steps_this_run}); "
+            f"checkpoint {ckpt_path}")
+        say(f"continue with: {resume_hint}")
+    else:
+        bound = f", certified Lipschitz bound 10^{summary['log10_bound']:.2f}" if "log10_bound" in summary else ""
+        say(f"run {hp.run_id} complete: step {step}/{hp.num_iterations}, val_loss {summary.get('val_loss', 0):.4f}, "
+            f"val_acc {summary.get('val_acc', 0):.4f}{bound}\n  log: {log.path}\n  checkpoint: {ckpt_path}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -873,10 +1114,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
+        outcome = main()
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         if dist.is_initialized():
             dist.destroy_process_group()
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("aborted: no checkpoint saved for the current step", file=sys.stderr)
+        sys.exit(130)
+    if outcome.get("stopped"):
+        sys.exit(128 + signal.Signals[outcome["stopped"]].value)

@@ -1,7 +1,11 @@
 """train_gpt.py end to end on CPU: the smoke preset with 1 process and with torchrun (gloo), the log
 format, caps at every validation, exact resume, clear errors; FlexAttention vs SDPA masks."""
+import argparse
+import dataclasses
+import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -80,7 +84,7 @@ def test_hyperparameters_from_args():
         tg.Hyperparameters.from_args(["--wmax=2"])
     with pytest.raises(ValueError, match="not a valid float"):
         tg.Hyperparameters.from_args(["--w_max=big"])
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="--preset=nope: unknown"):
         tg.Hyperparameters.from_args(["--preset=nope"])
 
 
@@ -124,7 +128,8 @@ def test_smoke_single_process(shards, tmp_path):
 
 def test_missing_data_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="python data/shakespeare.py"):
-        tg.main(["--preset=smoke", f"--train_files={tmp_path}/none_*.bin", "--vocab_size=256"])
+        tg.main(["--preset=smoke", f"--train_files={tmp_path}/none_*.bin", "--vocab_size=256",
+                 f"--log_dir={tmp_path}/logs", f"--checkpoint_dir={tmp_path}/ckpt"])
 
 
 def test_batch_geometry():
@@ -136,17 +141,27 @@ def test_batch_geometry():
         tg.micro_batch_size(hp, 3)
 
 
-def test_resume_is_exact(shards, tmp_path):
+def test_resume_is_exact(shards, tmp_path, capsys):
     """Stop after K steps (checkpoint), resume, and end with the same weights as an uninterrupted run."""
     common = ("--num_iterations=24", "--val_every=12", "--log_every=4", "--dtype=fp32")
     full = tg.main(smoke_args(shards, tmp_path, "--run_id=full", *common))
     part = tg.main(smoke_args(shards, tmp_path, "--run_id=part", "--max_steps_this_run=10", *common))
+    out = capsys.readouterr().out
+    assert f"stopped at step 10/24 (--max_steps_this_run=10); checkpoint {part['checkpoint']}" in out
+    assert f"--resume={part['checkpoint']}" in out.splitlines()[-1] and out.splitlines()[-1].startswith("continue with")
     tg.main(smoke_args(shards, tmp_path, "--run_id=part", f"--resume={part['checkpoint']}", *common))
+    assert f"resumed run part from step 10/24 ({part['checkpoint']})" in capsys.readouterr().out
     a = torch.load(full["checkpoint"], weights_only=True)
     b = torch.load(part["checkpoint"], weights_only=True)
     assert a["step"] == b["step"] == 24
     for name in a["model"]:
         torch.testing.assert_close(a["model"][name], b["model"][name], rtol=0, atol=0, msg=name)
+    # resuming a finished run says so, trains nothing and leaves the log alone
+    log_before = open(full["log"]).read()
+    again = tg.main(smoke_args(shards, tmp_path, f"--resume={full['checkpoint']}", *common))
+    assert again["complete"] and again["val_loss"] == pytest.approx(full["val_loss"])
+    assert "is already complete (step 24/24, val_loss" in capsys.readouterr().out
+    assert open(full["log"]).read() == log_before
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monkeypatch):
@@ -181,3 +196,216 @@ def test_smoke_torchrun_two_processes(shards, tmp_path):
     assert '"world_size": 2' in open(os.path.join(tmp_path, "logs", "two.txt")).read()
     # the global batch does not depend on the world size, so the runs agree up to float summation order
     assert losses[-1] == pytest.approx(single["val_loss"], rel=2e-3)
+
+
+# ----------------------------------------------------------------------------- the top of the file is what runs
+
+
+def test_top_of_file_is_the_gpu_run():
+    """No preset = the dataclass defaults = what run.sh launches on GPUs (it passes no --preset)."""
+    top = tg.Hyperparameters()
+    assert tg.Hyperparameters.from_args([]) == top
+    assert tg.Hyperparameters.from_preset("speedrun") == top
+    assert (top.n_layer, top.d_model, top.seq_len, top.vocab_size) == (12, 768, 48 * 1024, 50257)
+    gpu_line = next(line for line in open(os.path.join(ROOT, "run.sh")) if "nproc_per_node" in line)
+    assert "--preset" not in gpu_line, gpu_line
+    assert tg.preset_overrides(top) == {}
+
+
+def test_presets_say_what_they_change():
+    hp = tg.Hyperparameters.from_args(["--preset=shakespeare", "--n_layer=5"])
+    changed = tg.preset_overrides(hp)
+    assert changed["d_model"] == 256 and "n_layer" not in changed  # the command line won over the preset
+
+
+def test_help_has_one_line_per_field_with_choices(capsys):
+    with pytest.raises(SystemExit):
+        tg.Hyperparameters.from_args(["--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(tg.Hyperparameters):
+        (line,) = [l for l in out.splitlines() if l.startswith(f"  --{f.name}=")]
+        assert len(line.split("  ")) >= 3 and line.split("  ")[2].strip(), f"--{f.name} has no description"
+        if f.name in tg.CHOICES:
+            assert all(c in line for c in tg.CHOICES[f.name]), line
+    assert "spectral_normalize" in out and "polar_express" in out
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--optimizer=adamw", "--constraint=spectral_normalize", "--w_max=-1"], "--w_max=-1"),
+    (["--optimizer=adamw", "--constraint=soft_cap"], "--constraint=soft_cap"),
+    (["--constraint=softcap"], "--constraint=softcap"),
+    (["--cooldown_frac=1.5"], "--cooldown_frac"),
+    (["--lm_head_w_max=0"], "--lm_head_w_max"),
+    (["--muon_lr=-0.1"], "--muon_lr"),
+    (["--window_min=512", "--window_max=256"], "--window_min"),
+    (["--orthogonalizer=svd"], "--orthogonalizer"),
+])
+def test_bad_combinations_fail_before_step_0(args, flag):
+    with pytest.raises(ValueError, match=re.escape(flag)):
+        tg.Hyperparameters.from_args(["--preset=smoke", *args])
+
+
+def test_make_model_refuses_vocab_size_0():
+    with pytest.raises(ValueError, match="vocab_size=0"):
+        tg.make_model(tg.Hyperparameters.from_preset("smoke"))
+
+
+# ----------------------------------------------------------------------------- work is never lost
+
+
+@pytest.mark.parametrize("flag", ["log_dir", "checkpoint_dir"])
+def test_unwritable_dirs_are_refused_before_training(shards, tmp_path, monkeypatch, flag):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(tg, "train_step", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(tg, "make_model", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(ValueError, match=rf"^--{flag}=.*a_file/sub: cannot write there"):
+        tg.main(smoke_args(shards, tmp_path, f"--{flag}={blocker}/sub"))
+
+
+def test_corrupt_checkpoints_get_one_line(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"step": 3, "model": {}}, foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save(argparse.Namespace(step=1), pickled)  # plain pickle: weights_only refuses it
+    for path, problem in [(garbage, "not a readable checkpoint"), (foreign, "lacks train_ms, hp, optimizers, rng"),
+                          (pickled, "not a checkpoint of train_gpt.py"), (tmp_path / "none.pt", "no such")]:
+        with pytest.raises((ValueError, FileNotFoundError)) as err:
+            tg.read_checkpoint(str(path), "--resume")
+        msg = str(err.value)
+        assert msg.startswith(f"--resume={path}: ") and problem in msg and "\n" not in msg, msg
+        assert "weights_only" not in msg
+
+
+def test_success_summary_and_eta(shards, tmp_path, capsys):
+    result = tg.main(smoke_args(shards, tmp_path, "--run_id=summ", "--num_iterations=20", "--log_every=5"))
+    out = capsys.readouterr().out
+    assert re.search(r"train_loss:\S+ train_time:\d+ms step_avg:[\d.]+ms eta:\d+m\d\ds", out)
+    assert f"run summ complete: step 20/20, val_loss {result['val_loss']:.4f}" in out
+    assert f"log: {result['log']}" in out and f"checkpoint: {result['checkpoint']}" in out
+    assert "certified Lipschitz bound 10^" in out
+    assert "eta:" not in open(result["log"]).read().split(tg.SEPARATOR)[-1]  # the log keeps the speedrun's format
+
+
+def _start_smoke(shards, tmp_path, *extra):
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt.py"),
+           *smoke_args(shards, tmp_path, "--run_id=sig", "--num_iterations=5000", "--log_every=1",
+                       "--val_every=5000", "--dtype=fp32", *extra)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_checkpoint_and_says_how_to_resume(shards, tmp_path, sig):
+    proc = _start_smoke(shards, tmp_path)
+    for line in proc.stdout:  # wait until training runs
+        if line.startswith("step:2/"):
+            break
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, (out, err)
+    assert "Traceback" not in err, err
+    ckpt = os.path.join(tmp_path, "ckpt", "sig.pt")
+    state = tg.read_checkpoint(ckpt)
+    assert state["step"] >= 2
+    assert f"stopped by {signal.Signals(sig).name} at step {state['step']}/5000; checkpoint {ckpt}" in out
+    (hint,) = [line for line in out.splitlines() if line.startswith("continue with: ")]
+    assert hint.endswith(f"--resume={ckpt}") and "python train_gpt.py --preset=smoke" in hint
+    resumed = subprocess.run([sys.executable, *hint.split()[3:], "--max_steps_this_run=1"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed run sig from step {state['step']}/5000" in resumed.stdout
+    assert tg.read_checkpoint(ckpt)["step"] == state["step"] + 1
+
+
+def test_timed_checkpoints(shards, tmp_path, monkeypatch):
+    """checkpoint_minutes: a checkpoint whenever that much wall time passed (here: a clock that jumps)."""
+    clock = itertools.count(0.0, 3600.0)
+    monkeypatch.setattr(tg.time, "monotonic", lambda: next(clock))
+    saved_steps = []
+    real_save = tg.save_checkpoint
+    monkeypatch.setattr(tg, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
+                                                                                 real_save(path, m, o, hp, step, *a)))
+    tg.main(smoke_args(shards, tmp_path, "--run_id=timed", "--num_iterations=4", "--checkpoint_minutes=30"))
+    assert saved_steps == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- AdamW passes lr, decay and state
+
+
+def test_adamw_constraint_gets_lr_decay_and_state(shards, tmp_path, monkeypatch):
+    calls = []
+    real_apply = constraints.apply
+
+    def spy(W, method, w_max, **kw):
+        calls.append((method, w_max, kw))
+        return real_apply(W, method, w_max, **kw)
+
+    monkeypatch.setattr(constraints, "apply", spy)
+    result = tg.main(smoke_args(shards, tmp_path, "--run_id=adamw", "--optimizer=adamw", "--num_iterations=3",
+                                "--constraint=spectral_normalize", "--w_max=2", "--weight_decay=0.1",
+                                "--adamw_lr=0.004", "--cooldown_frac=1.0"))
+    hp = tg.Hyperparameters.from_preset("smoke", num_iterations=3, cooldown_frac=1.0, adamw_lr=0.004)
+    n_mat = 6 * hp.n_layer + 1  # q, k, v, o, fc, proj per layer, and the lm_head
+    assert len(calls) == 3 * n_mat
+    for i, (method, w_max, kw) in enumerate(calls):
+        step = i // n_mat
+        assert method == "spectral_normalize" and kw["weight_decay"] == 0.1
+        assert kw["lr"] == pytest.approx(0.004 * tg.lr_multiplier(hp, step))
+    states = [kw["state"] for _, _, kw in calls]
+    assert states[0] is states[n_mat] is states[2 * n_mat]  # warm starts carry over between steps
+    assert isinstance(states[0], dict)  # empty unless the method is PROPERTIES[...].stateful
+    saved = tg.read_checkpoint(result["checkpoint"])["optimizers"][0]["state"]
+    assert any("constraint" in s for s in saved.values())  # ... and are checkpointed
+
+
+def test_adamw_decay_constraint_replaces_adamw_decay():
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, optimizer="adamw",
+                                        constraint="spectral_weight_decay", weight_decay=0.1)
+    (adamw,) = tg.make_optimizers(tg.make_model(hp), hp)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.0, 0.1]  # matrices: the constraint decays them
+
+
+# ----------------------------------------------------------------------------- the compiled loss
+
+
+@pytest.mark.slow
+def test_compiled_loss_matches_eager():
+    """The compiled graph (embedding -> loss) computes the eager loss and gradients (float32, same ops;
+    1e-5 relative covers inductor's reordered reductions)."""
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
+    model = tg.make_model(hp)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.02)
+    idx = torch.randint(0, 256, (4, 33))
+    mask = tg.AttentionMask(idx[:, :-1], hp.bos_token, 0)
+    eager_fns, compiled_fns = tg.model_fns(model, compile=False), tg.model_fns(model, compile=True)
+    losses, grads = [], []
+    for fns in (eager_fns, compiled_fns):
+        model.zero_grad()
+        loss = fns.loss(idx[:, :-1], idx[:, 1:], mask)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for g_c, g_e in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_c, g_e, rtol=1e-4, atol=1e-6)
+    ev = [fns.eval_sums(idx[:, :-1], idx[:, 1:], mask) for fns in (eager_fns, compiled_fns)]
+    torch.testing.assert_close(ev[1][0], ev[0][0], rtol=1e-5, atol=1e-4)
+    assert ev[1][1].item() == ev[0][1].item()
+    torch.testing.assert_close(ev[1][2], ev[0][2], rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_tables_match_direct_computation():
+    rot = tg.Rotary(head_dim=16, max_len=8)
+    x = torch.randn(2, 12, 3, 16, dtype=torch.float64)  # longer than the table: computed on the fly
+    t = torch.arange(12, dtype=torch.float64)
+    theta = torch.outer(t, 10000.0 ** (-torch.arange(8, dtype=torch.float64) / 8))[None, :, None, :]
+    x1, x2 = x.chunk(2, -1)
+    want = torch.cat((x1 * theta.cos() + x2 * theta.sin(), x2 * theta.cos() - x1 * theta.sin()), -1)
+    torch.testing.assert_close(rot(x), want, rtol=0, atol=1e-6)  # float32 tables
+    torch.testing.assert_close(rot(x[:, :8]), want[:, :8], rtol=0, atol=1e-6)
+    torch.testing.assert_close(rot(x).norm(dim=-1), x.norm(dim=-1))  # a rotation
