@@ -127,6 +127,9 @@ _ENVIRONMENT = re.compile(r"^(?:Running (?:Python|PyTorch) \d|python \d[\w.+]*[ 
 
 # In directory scans: extensions read as logs as they are; any other file needs a separator line.
 LOG_EXTENSIONS = (".txt", ".log", ".out")
+_BINARY = "binary file (contains NUL bytes), not a text log"
+_NOT_A_LOG = (f"not a log file ({', '.join(LOG_EXTENSIONS)}) and no line of {len(SEPARATOR)} '=' "
+              "with a log after it")
 _MAX_LOG_BYTES = 1 << 30
 _SNIFF_BYTES = 1 << 13
 
@@ -140,7 +143,13 @@ REGEX_KEY_PREFIX = "re:"
 
 
 class LogFormatError(ValueError):
-    """A file that is not a readable speedrun-format log; the message names the file and the defect."""
+    """A file that is not a readable speedrun-format log; the message names the file and the defect.
+    reason: set (without the file name) when the file is plainly no log (binary, or not a log by
+    its extension and holding none after a separator): a directory scan lists those by reason."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -232,7 +241,7 @@ def _read_text(path: str) -> str:
         with open(path, "rb") as f:
             head = f.read(_SNIFF_BYTES)
             if b"\x00" in head:  # checked before reading the rest: checkpoints and shards are large
-                raise LogFormatError(f"{path}: binary file (contains NUL bytes), not a text log")
+                raise LogFormatError(f"{path}: {_BINARY}", _BINARY)
             if os.fstat(f.fileno()).st_size > _MAX_LOG_BYTES:
                 raise LogFormatError(f"{path}: larger than {_MAX_LOG_BYTES >> 20} MiB, not a training log")
             data = head + f.read()
@@ -241,7 +250,7 @@ def _read_text(path: str) -> str:
     if not data.strip():
         raise LogFormatError(f"{path}: empty file")
     if b"\x00" in data:
-        raise LogFormatError(f"{path}: binary file (contains NUL bytes), not a text log")
+        raise LogFormatError(f"{path}: {_BINARY}", _BINARY)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -352,8 +361,7 @@ def parse_log(path: str, require_separator: bool = False) -> RunLog:
     lines = _read_text(path).splitlines()
     sep = _last_separator(lines)
     if require_separator and sep < 0:
-        raise LogFormatError(f"{path}: not a log file ({', '.join(LOG_EXTENSIONS)}) and no line of "
-                             f"{len(SEPARATOR)} '=' with a log after it")
+        raise LogFormatError(f"{path}: {_NOT_A_LOG}", _NOT_A_LOG)
     run = RunLog(path=path, config=None, num_iterations=0, points={},
                  source_hash=source_hash(lines[:sep]) if sep >= 0 else None)
     totals: list[int] = []
@@ -453,16 +461,22 @@ def find_logs(paths: list[str]) -> tuple[list[tuple[str, bool]], int]:
 
 
 def load_runs(paths: list[str], err=None) -> list[RunLog]:
-    """Parse every log under `paths`; report each file skipped on one line of `err` (default
-    stderr) with the reason, then one line with how many were read, and go on."""
+    """Parse every log under `paths`; report on `err` (default stderr) each file skipped with the
+    reason (one line per file, or per reason for files plainly no log), then how many were read."""
     err = sys.stderr if err is None else err
     files, hidden = find_logs(paths)
     runs = []
+    plainly_not_logs: dict[str, list[str]] = {}  # reason -> files: one line each, not one per file
     for p, needs_separator in files:
         try:
             runs.append(parse_log(p, require_separator=needs_separator))
         except LogFormatError as e:
-            print(f"compare.py: skipping {e}", file=err)
+            if e.reason is None:
+                print(f"compare.py: skipping {e}", file=err)
+            else:
+                plainly_not_logs.setdefault(e.reason, []).append(p)
+    for reason, skipped in plainly_not_logs.items():
+        print(f"compare.py: skipping {len(skipped)} file(s), {reason}: {', '.join(skipped)}", file=err)
     summary = f"compare.py: read {len(runs)} log(s), skipped {len(files) - len(runs)} file(s)"
     if hidden:
         summary += f"; {hidden} hidden file(s)/folder(s) not scanned"
