@@ -75,9 +75,11 @@ the pseudo-keys ``file`` (one group per log), ``dir`` (its folder), ``source`` (
 source code) and, last, ``re:REGEX`` (the first group, or the whole match, of REGEX searched in the
 file name; the rest of the argument is the regex). Logs without a config are grouped by the
 pseudo-keys only. Group labels show the keys whose values differ between groups, less those whose
-values split the runs exactly like a shown key's (named under the table). A group that mixes step counts or
-source code gets a warning on stderr and in its notes. tokens = final step * tokens_per_step from
-the config.
+values split the runs exactly like a shown key's (named under the table). When these labels are
+too long for a legend (a sweep), the tables and plots show each configured group by its changes
+from the most common setting, which is named under the table and in the legend. A group that
+mixes step counts or source code, or repeats a seed, gets a warning on stderr and in its notes.
+tokens = final step * tokens_per_step from the config.
 
 Importable API: ``parse_log(path) -> RunLog`` (``.config``: the config dict or None;
 ``.points``: {step: {key: float}} of validation and metric lines; ``.train``: training lines as
