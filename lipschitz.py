@@ -104,16 +104,6 @@ def head_rms_op_norms(W: torch.Tensor, n_head: int) -> list[float]:
     return rms_op_norms(W.reshape(n_head, W.shape[0] // n_head, W.shape[1])).tolist()
 
 
-def ov_rms_norm(W_O: torch.Tensor, W_V: torch.Tensor, n_head: int) -> float:
-    """RMS->RMS norm of M = W_O blockdiag(W_V,1, ..., W_V,H) (d, H d): the map from one d-vector per head
-    (u_1, ..., u_H) to sum_h W_O,h W_V,h u_h, with RMS over all H d inputs. <= n(W_O) max_h n_h(W_V)."""
-    d_out, inner = W_O.shape
-    D = inner // n_head
-    Wo = W_O.detach().to(torch.float64).reshape(d_out, n_head, D)
-    Wv = W_V.detach().to(torch.float64).reshape(n_head, D, W_V.shape[1])
-    return rms_op_norms(torch.einsum("ohk,hkd->ohd", Wo, Wv).reshape(d_out, -1)).item()
-
-
 def mixed_mlp_norm(W_fc: torch.Tensor, W_proj: torch.Tensor, alpha: float) -> float:
     """n((1-a) I + a W_proj W_fc / (2 * 1.1289)): the linear part of the MLP residual block (d, d)."""
     P = W_proj.detach().to(torch.float64) @ W_fc.detach().to(torch.float64)
@@ -199,48 +189,158 @@ def log_mlp_gain(n_fc: float, n_proj: float) -> float:
 #  bound; the minimum of all of them is taken, so "sharp" <= "tight" always.
 
 
-def log_shared_query_max(log_w: list[float], nq_heads: list[float], nq: float) -> float:
-    """log sqrt(max mean_h exp(log_w_h) g_h^2) over 0 <= g_h <= nq_heads[h], mean_h g_h^2 <= nq^2.
+def log_shared_query_max(log_w: list[float], log_caps: list[float], log_whole: float) -> float:
+    """log sqrt(max mean_h exp(log_w_h) g_h^2) over 0 <= g_h <= exp(log_caps_h), mean_h g_h^2 <= exp(2 log_whole).
 
     The query token's per-head norms share one budget: sum_h RMS(W_Q,h x)^2 = H RMS(W_Q x)^2. A linear
     program in g_h^2 (a fractional knapsack): filling the largest weights first is optimal."""
     H = len(log_w)
-    budget = H * nq * nq
+    ref = max(log_caps + [log_whole])
+    if ref == -math.inf:
+        return -math.inf
+    budget = H * math.exp(2 * (log_whole - ref))  # squares relative to exp(2 ref): no overflow
     terms = []
     for h in sorted(range(H), key=lambda i: -log_w[i]):
-        g2 = min(nq_heads[h] ** 2, budget)
+        g2 = min(math.exp(2 * (log_caps[h] - ref)), budget)
         if g2 <= 0 or log_w[h] == -math.inf:
             break
-        terms.append(log_w[h] + math.log(g2))
+        terms.append(log_w[h] + math.log(g2) + 2 * ref)
         budget -= g2
     return 0.5 * (_logsumexp(terms) - math.log(H)) if terms else -math.inf
 
 
-def log_attention_sharp(n: dict, log_r: float) -> float:
+def default_radii(n: dict, log_r: float) -> dict:
+    """Activation radii of the readers of a block (logs): RMS(W x) <= n(W) r for every input of RMS <= r."""
+    return dict(q=_log(n["q"]) + log_r, **{f"{k}_heads": [_log(x) + log_r for x in n[f"{k}_heads"]] for k in "qkv"})
+
+
+def log_attention_sharp(n: dict, log_r: float, radii: dict | None = None, pert: dict | None = None) -> float:
     """log Lipschitz bound of x -> W_O (attention(x) / 3) on the ball of radius r: the smallest of the
-    per-head ("tight") form and the query-shared form, each with either value-path weight omega."""
-    H, log_s = n["n_head"], _log(n["s"])
-    best = math.inf
-    for omega in _value_path_weights(n):
-        log_om = [_log(w) for w in omega]
-        per_head = [lw + _logsumexp([0.0, math.log(2) + log_s + _log(q) + _log(k) + 2 * log_r])
-                    for lw, q, k in zip(log_om, n["q_heads"], n["k_heads"])]
-        shared_q = log_shared_query_max([2 * (lw + _log(k)) for lw, k in zip(log_om, n["k_heads"])],
-                                        n["q_heads"], n["q"])
-        shared = _logsumexp([_log_rms_mean(log_om), math.log(2) + log_s + 2 * log_r + shared_q])
-        best = min(best, _log_rms_mean(per_head), shared)
-    return best - math.log(ATTN_OUT_DIVISOR)
+    per-head ("tight") form and the query-shared form, each with either value-path weight (see above).
+
+    radii (logs, default default_radii): bounds on RMS(W_Q x) ("q") and per head RMS(W_Q,h x), RMS(W_K,h x),
+    RMS(W_V,h x) over this block's possible inputs x, each <= its norm times r (reader_bounds tightens them).
+    pert (logs, same keys and "delta"): bounds on the same for an input perturbation dx instead of x, with
+    delta >= ||dx||_inf-RMS; default n(W) and delta = 1. The result bounds RMS(d out) (absolute, in the
+    units of pert); with the default pert that is the Lipschitz constant."""
+    return min(_attention_forms(n, first, value, radii or default_radii(n, log_r), pert or default_pert(n))
+               for first, value in _value_path_weights(n, log_r, radii or default_radii(n, log_r),
+                                                       pert or default_pert(n))) - math.log(ATTN_OUT_DIVISOR)
 
 
-def _value_path_weights(n: dict) -> list[list[float]]:
-    """The two per-head value-path weights omega_h (see (b) above): n(W_O) n_h(W_V), and n(M) for all h."""
-    return [[n["o"] * v for v in n["v_heads"]], [n["ov"]] * n["n_head"]]
+def log_attention_mixer_pert(n: dict, log_r: float, radii: dict, pert: dict) -> float:
+    """log bound on sqrt(mean_h RMS(u_h)^2), u_h = sum_j p_j dx_j + Cov_p(dl_h, x): the attention's output
+    change is W_O (stacked W_V,h u_h) / 3 = M u / 3 (see (b) above)."""
+    H = n["n_head"]
+    return _attention_forms(n, [pert["delta"]] * H, [log_r] * H, radii, pert)
+
+
+def default_pert(n: dict) -> dict:
+    return dict(default_radii(n, 0.0), delta=0.0)
+
+
+def _attention_forms(n: dict, first: list[float], value: list[float], rad: dict, pert: dict) -> float:
+    """log sqrt(mean_h RMS(out_h)^2) bound, out_h = first_h (first-order) + value_h s (RMS(dq_h) rho_K,h +
+    RMS(q_h) rho'_K,h): the smaller of the per-head form and the query-shared form (Minkowski)."""
+    log_s = _log(n["s"])
+    per_head = [_logsumexp([f, v + log_s + _logsumexp([dq + rk, rq + dk])])
+                for f, v, dq, rk, rq, dk in zip(first, value, pert["q_heads"], rad["k_heads"], rad["q_heads"],
+                                                pert["k_heads"])]
+    dq_part = log_shared_query_max([2 * (v + rk) for v, rk in zip(value, rad["k_heads"])], pert["q_heads"], pert["q"])
+    q_part = log_shared_query_max([2 * (v + dk) for v, dk in zip(value, pert["k_heads"])], rad["q_heads"], rad["q"])
+    return min(_log_rms_mean(per_head), _logsumexp([_log_rms_mean(first), log_s + dq_part, log_s + q_part]))
+
+
+def _value_path_weights(n: dict, log_r: float, radii: dict, pert: dict) -> list[tuple[list[float], list[float]]]:
+    """Per head (log first-order weight, log value weight) for the two value paths of (b) above:
+    (n(W_O) dv-bound_h, n(W_O) rho_V,h) and (n(M) delta, n(M) r)."""
+    H = n["n_head"]
+    return [([_log(n["o"]) + dv for dv in pert["v_heads"]], [_log(n["o"]) + rv for rv in radii["v_heads"]]),
+            ([_log(n["ov"]) + pert["delta"]] * H, [_log(n["ov"]) + log_r] * H)]
+
+
+# Reader bounds. Each attention step needs bounds on RMS(W x) for its readers W (W_Q, and W_Q,h, W_K,h, W_V,h
+# per head) over the block's possible inputs x, where "sharp" so far used n(W) r; and likewise on RMS(W dx)
+# for the perturbation dx of the block's input caused by a network input perturbation of inf-RMS <= 1,
+# where it used n(W) delta. The residual stream is x_0 plus the sublayer outputs mixed in one at a time,
+# x <- (1-a) x + a out, and each output (and its change) is a linear map of a bounded vector:
+#   attention: out = M z / 3, RMS(z) <= r_in (z = each head's average of tokens, stacked); d out = M u / 3
+#              with sqrt(mean_h RMS(u_h)^2) <= U (log_attention_mixer_pert);
+#   MLP: out = (P x / 2 + W_proj e) / 1.1289, RMS(e) <= n(W_fc) r_in / 2; d out = (P dx / 2 + W_proj g) / 1.1289,
+#        RMS(g) <= 0.629 n(W_fc) delta_in.
+# So RMS(W x) <= min((1-a) RMS(W x_before) + a RMS(W out), n(W) r_after), RMS(W out) <= n(W M) r_in / 3, resp.
+# (n(W P) / 2 + n(W W_proj) n(W_fc) / 2) r_in / 1.1289, and the same for dx. These are smaller than n(W) r
+# where W reads only part of what earlier sublayers write.
+
+
+@dataclass
+class _Sublayer:
+    """What reader_bounds needs from one earlier sublayer: its residual weight a, the matrices its output
+    goes through (attention: (M,); MLP: (P = W_proj W_fc, W_proj)), log n(W_fc), and the logs of the bounds
+    on the vector those matrices act on and on the stream after it, for activations and perturbations."""
+    a: float
+    mats: tuple
+    log_fc: float
+    log_r_in: float
+    log_r_after: float
+    log_pert_in: float
+    log_pert_after: float
+
+
+def _reader_matrices(block: nn.Module) -> torch.Tensor:
+    """(3 H D, d): W_Q, W_K, W_V stacked (float64); rows of head h of each are its row blocks."""
+    return torch.cat([getattr(block.attn, k).weight.detach().to(torch.float64) for k in "qkv"])
+
+
+def reader_bounds(block: nn.Module, history: list, log_r0: float) -> tuple[dict, dict]:
+    """(radii, pert) for log_attention_sharp: log bounds on RMS(W x) and RMS(W dx) for W = W_Q and every
+    head's W_Q,h, W_K,h, W_V,h, over this block's inputs x (network inputs of RMS <= r_0) and input
+    perturbations dx (network input perturbations of inf-RMS <= 1); history: the earlier sublayers."""
+    H = block.attn.n_head
+    R = _reader_matrices(block)
+    inner = R.shape[0] // 3
+
+    def norms(X):  # log RMS->RMS norms of W_Q X and of every head block of W_Q X, W_K X, W_V X
+        RX = R if X is None else R @ X
+        whole = rms_op_norms(RX[:inner]).item()
+        return [_log(whole)] + [_log(x) for x in rms_op_norms(RX.reshape(3 * H, inner // H, -1)).tolist()]
+
+    own = norms(None)
+    act, pert = [x + log_r0 for x in own], list(own)
+    for sub in history:
+        if len(sub.mats) == 1:  # attention
+            through = norms(sub.mats[0])
+            act_out = [x - math.log(ATTN_OUT_DIVISOR) + sub.log_r_in for x in through]
+            pert_out = [x - math.log(ATTN_OUT_DIVISOR) + sub.log_pert_in for x in through]
+        else:  # MLP
+            via_p, via_proj = norms(sub.mats[0]), norms(sub.mats[1])
+            act_out = [_logsumexp([p - math.log(2), w + sub.log_fc - math.log(2)]) - math.log(GELU_DIVISOR)
+                       + sub.log_r_in for p, w in zip(via_p, via_proj)]
+            pert_out = [_logsumexp([p - math.log(2), w + sub.log_fc + math.log(GELU_SLOPE_HALF_RANGE)])
+                        - math.log(GELU_DIVISOR) + sub.log_pert_in for p, w in zip(via_p, via_proj)]
+        mix = [math.log(1 - sub.a), math.log(sub.a)]
+        act = [min(_logsumexp([mix[0] + x, mix[1] + o]), w + sub.log_r_after) for x, o, w in zip(act, act_out, own)]
+        pert = [min(_logsumexp([mix[0] + x, mix[1] + o]), w + sub.log_pert_after)
+                for x, o, w in zip(pert, pert_out, own)]
+
+    def named(v):
+        return dict(q=v[0], q_heads=v[1:1 + H], k_heads=v[1 + H:1 + 2 * H], v_heads=v[1 + 2 * H:])
+    return named(act), named(pert)
+
+
+def _ov_matrix(attn: nn.Module) -> torch.Tensor:
+    """M = W_O blockdiag(W_V,1, ..., W_V,H) (d, H d), float64."""
+    W_O, W_V, H = attn.o.weight.detach().to(torch.float64), attn.v.weight.detach().to(torch.float64), attn.n_head
+    d_out, inner = W_O.shape
+    D = inner // H
+    return torch.einsum("ohk,hkd->ohd", W_O.reshape(d_out, H, D), W_V.reshape(H, D, -1)).reshape(d_out, -1)
 
 
 def log_attention_gain_sharp(n: dict) -> float:
     """log of the activation growth bound RMS(W_O attention(x)/3) <= gain * r: each head averages tokens
     (RMS <= r), then the value path (b) above with the smaller omega."""
-    return min(_log_rms_mean([_log(w) for w in om]) for om in _value_path_weights(n)) - math.log(ATTN_OUT_DIVISOR)
+    return min(_log_rms_mean(first) for first, _ in _value_path_weights(n, 0.0, default_radii(n, 0.0),
+                                                                           default_pert(n))) - math.log(ATTN_OUT_DIVISOR)
 
 
 # MLP, "sharp": gelu(z) = z/2 + |z| |Phi(z) - 1/2| with the second part in [0, |z|/2], and
@@ -311,7 +411,7 @@ def layer_norms(block: nn.Module) -> dict:
     out = {name: rms_op_norms(getattr(attn, name).weight).item() for name in ("q", "k", "v", "o")}
     out.update({f"{name}_heads": head_rms_op_norms(getattr(attn, name).weight, H) for name in ("q", "k", "v")})
     out.update(fc=rms_op_norms(mlp.fc.weight).item(), proj=rms_op_norms(mlp.proj.weight).item())
-    out.update(ov=ov_rms_norm(attn.o.weight, attn.v.weight, H),
+    out.update(ov=rms_op_norms(_ov_matrix(attn)).item(),
                proj_fc=rms_op_norms(mlp.proj.weight.double() @ mlp.fc.weight.double()).item(),
                mix_proj_fc=mixed_mlp_norm(mlp.fc.weight, mlp.proj.weight, float(block.alpha)))
     out.update(alpha=float(block.alpha), s=float(attn.scale) * attn.head_dim, n_head=H)
@@ -347,31 +447,45 @@ def bound_report(model: nn.Module, radius: float | None = None) -> dict:
     log_r = log_r_lit = log_r_sharp = math.log(r0)
     log_L = {v: 0.0 for v in VARIANTS}
     log_L_lit = 0.0
-    layers = []
+    layers, history = [], []
     for block in model.blocks:
         n = layer_norms(block)
         a, s = n["alpha"], n["s"]
         row = dict(norms=n, log10_r_in=log_r / _LOG10, log10_r_in_sharp=log_r_sharp / _LOG10)
         attn = {v: log_attention_lipschitz(n["q_heads"], n["k_heads"], n["v_heads"], n["o"], s, log_r, v)
                 for v in ("paper", "tight")}
-        attn["sharp"] = log_attention_sharp(n, log_r_sharp)
+        radii, pert = reader_bounds(block, history, math.log(r0))
+        pert["delta"] = log_L["sharp"]  # this block's input perturbation bound (network input: inf-RMS 1)
+        row["log10_reader_radii"] = {k: [x / _LOG10 for x in v] for k, v in radii.items() if k != "q"}
+        # sharp: absolute bound on the attention output's change, as a Lipschitz constant relative to delta
+        attn["sharp"] = log_attention_sharp(n, log_r_sharp, radii, pert) - log_L["sharp"]
+        log_mixer_pert = log_attention_mixer_pert(n, log_r_sharp, radii, pert)
         lm = log_mlp_lipschitz(n["fc"], n["proj"])
         mlp_block = dict(paper=_log_residual(a, lm), tight=_log_residual(a, lm),
                          sharp=log_mlp_residual_lipschitz_sharp(n))
+        log_L_in = log_L["sharp"]
         for v in VARIANTS:
             row[f"log10_attn_{v}"] = attn[v] / _LOG10
             log_L[v] += _log_residual(a, attn[v]) + mlp_block[v]
             row[f"log10_cum_{v}"] = log_L[v] / _LOG10
+        log_L_mid = log_L_in + _log_residual(a, attn["sharp"])
         row["log10_mlp"] = lm / _LOG10
         row["log10_mlp_block_sharp"] = mlp_block["sharp"] / _LOG10
         log_L_lit += _log_residual(a, _paper_literal_log_attention(n["q"], n["k"], n["v"], n["o"], s, log_r_lit))
         log_L_lit += _log_residual(a, _log(n["fc"]) + _log(n["proj"]) - math.log(GELU_DIVISOR))
         log_r += _log_residual(a, log_attention_gain(n["v_heads"], n["o"]))
+        log_r_att_in = log_r_sharp
         log_r_sharp += _log_residual(a, log_attention_gain_sharp(n))
+        history.append(_Sublayer(a, (_ov_matrix(block.attn),), 0.0, log_r_att_in, log_r_sharp, log_mixer_pert,
+                                 log_L_mid))
         log_r_lit += _log_residual(a, _log(n["o"]) + _log(n["v"]) - math.log(ATTN_OUT_DIVISOR))
         row["log10_r_mid"], row["log10_r_mid_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         log_r += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
+        log_r_mlp_in = log_r_sharp
         log_r_sharp += log_mlp_residual_gain_sharp(n)
+        W_fc, W_proj = (w.detach().to(torch.float64) for w in (block.mlp.fc.weight, block.mlp.proj.weight))
+        history.append(_Sublayer(a, (W_proj @ W_fc, W_proj), _log(n["fc"]), log_r_mlp_in, log_r_sharp, log_L_mid,
+                                 log_L["sharp"]))
         log_r_lit += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
         row["log10_r_out"], row["log10_r_out_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         row["log10_r_out_paper_literal"] = log_r_lit / _LOG10

@@ -82,36 +82,59 @@ def knapsack_np(weights, caps, budget):
 
 
 def oracle_sharp(model):
-    """The "sharp" recursion in plain floats (scipy LP for the shared query budget, numpy SVDs)."""
-    r, Lip = model.hp.emb_w_max, 1.0
+    """The "sharp" recursion in plain floats (scipy LP for the shared query budget, numpy SVDs), tracking
+    absolute perturbation bounds (network input perturbation inf-RMS 1) and reader bounds by brute force."""
+    r0 = r = model.hp.emb_w_max
+    delta = 1.0
     gelu_half = L.GELU_MAX_SLOPE - 0.5
+    history = []  # (a, [(matrix, coefficient on the act bound, coefficient on the pert bound)], r_after, delta_after)
     for b in model.blocks:
         a, H, D = b.alpha, b.attn.n_head, b.attn.head_dim
         s = b.attn.scale * D
         W = {k: getattr(b.attn, k).weight.detach().double().numpy() for k in "qkvo"}
-        heads = {k: [rms_norm_np(w) for w in W[k].reshape(H, D, -1)] for k in "qkv"}
+        readers = {"q": W["q"]} | {(k, h): W[k][h * D:(h + 1) * D] for k in "qkv" for h in range(H)}
+        rho, lam = {}, {}
+        for name, R in readers.items():
+            rho[name], lam[name] = rms_norm_np(R) * r0, rms_norm_np(R)
+            for a_, terms, r_after, d_after in history:
+                act = sum(rms_norm_np(R @ X) * ca for X, ca, _ in terms)
+                pert = sum(rms_norm_np(R @ X) * cp for X, _, cp in terms)
+                rho[name] = min((1 - a_) * rho[name] + a_ * act, rms_norm_np(R) * r_after)
+                lam[name] = min((1 - a_) * lam[name] + a_ * pert, rms_norm_np(R) * d_after)
         no = rms_norm_np(W["o"])
         M = np.concatenate([W["o"][:, h * D:(h + 1) * D] @ W["v"][h * D:(h + 1) * D] for h in range(H)], axis=1)
-        lips, gains = [], []
-        for omega in ([no * v for v in heads["v"]], [rms_norm_np(M)] * H):
-            om, nk, nq = np.array(omega), np.array(heads["k"]), np.array(heads["q"])
-            per_head = math.sqrt(np.mean((om * (1 + 2 * s * nq * nk * r * r)) ** 2))
-            shared = knapsack_np((om * nk) ** 2, nq ** 2, H * rms_norm_np(W["q"]) ** 2)
-            lips += [per_head, math.sqrt(np.mean(om ** 2)) + 2 * s * r * r * math.sqrt(shared / H)]
-            gains.append(math.sqrt(np.mean(om ** 2)))
-        Lip *= (1 - a) + a * min(lips) / 3
-        r *= (1 - a) + a * min(gains) / 3
+
+        def forms(first, value):
+            first, value = np.array(first), np.array(value)
+            rk, lk, rq, lq = (np.array([d[(k, h)] for h in range(H)]) for d, k in ((rho, "k"), (lam, "k"),
+                                                                                   (rho, "q"), (lam, "q")))
+            per_head = math.sqrt(np.mean((first + s * value * (lq * rk + rq * lk)) ** 2))
+            dq_part = knapsack_np((value * rk) ** 2, lq ** 2, H * lam["q"] ** 2)
+            q_part = knapsack_np((value * lk) ** 2, rq ** 2, H * rho["q"] ** 2)
+            return min(per_head, math.sqrt(np.mean(first ** 2)) + s * math.sqrt(dq_part / H) + s * math.sqrt(q_part / H))
+
+        lv, rv = np.array([lam[("v", h)] for h in range(H)]), np.array([rho[("v", h)] for h in range(H)])
+        d_attn = min(forms(no * lv, no * rv), forms([rms_norm_np(M) * delta] * H, [rms_norm_np(M) * r] * H)) / 3
+        u = forms([delta] * H, [r] * H)
+        gain = min(math.sqrt(np.mean((no * np.array(heads_v(W, H, D))) ** 2)), rms_norm_np(M)) / 3
+        r_in = r
+        delta = (1 - a) * delta + a * d_attn
+        r = (1 - a) * r + a * gain * r
+        history.append((a, [(M, r_in / 3, u / 3)], r, delta))
         fc, pj = (m.weight.detach().double().numpy() for m in (b.mlp.fc, b.mlp.proj))
         nf, npj, P = rms_norm_np(fc), rms_norm_np(pj), pj @ fc
         mixed = rms_norm_np((1 - a) * np.eye(P.shape[0]) + a * P / (2 * 1.1289))
         unmixed = (1 - a) + a * rms_norm_np(P) / (2 * 1.1289)
-        for rest, plain, is_lip in ((gelu_half, L.MLP_ACT_LIPSCHITZ, True), (0.5, 1 / 1.1289, False)):
-            f = min(min(mixed, unmixed) + a * rest * npj * nf / 1.1289, (1 - a) + a * plain * npj * nf)
-            if is_lip:
-                Lip *= f
-            else:
-                r *= f
-    return Lip * rms_norm_np(model.lm_head.weight.detach()) * abs(model.final_logit_scale)
+        lip_f, gain_f = (min(min(mixed, unmixed) + a * rest * npj * nf / 1.1289, (1 - a) + a * plain * npj * nf)
+                         for rest, plain in ((gelu_half, L.MLP_ACT_LIPSCHITZ), (0.5, 1 / 1.1289)))
+        history.append((a, [(P, r / 2 / 1.1289, delta / 2 / 1.1289),
+                            (pj, nf * r / 2 / 1.1289, nf * delta * gelu_half / 1.1289)], r * gain_f, delta * lip_f))
+        r, delta = r * gain_f, delta * lip_f
+    return delta * rms_norm_np(model.lm_head.weight.detach()) * abs(model.final_logit_scale)
+
+
+def heads_v(W, H, D):
+    return [rms_norm_np(w) for w in W["v"].reshape(H, D, -1)]
 
 
 def oracle_bound(model, variant):
