@@ -14,7 +14,7 @@ Guarantees after `apply` (M's singular values s, cap w_max):
     spectral_normalize     W <- W / max(1, s1_up / w_max), s1_up >= s1     (certified: <= w_max; lands >= w_max / 1.002)
     spectral_hammer        top singular value s1 <- w_max                   (no bound under high-rank updates)
     soft_cap               s <- f(s) = s - 3a^2 s^5 + 3a^3 s^7 - a^4 s^9     (<= w_max given ||W||_* <= k, see soft_cap_alpha)
-    hard_cap               s <- min(s, w_max) by two msign evaluations      (exact in the limit; ~1e-3 in fp32)
+    hard_cap               s <- min(s, w_max) on the short-side Gram        (~1e-3 near s = w_max in fp32; below the cap past ~5 w_max)
     hard_cap_poly          the paper's four fixed quintic steps             (approximate: max ~1.011 w_max, breaks past ~3.7 w_max)
     svd_cap                s <- min(s, w_max) by an SVD                     (exact reference, slow)
     stiefel                s <- w_max for every nonzero s (polar factor)
@@ -96,7 +96,10 @@ HARD_CAP_POLY_COEFFS = (
     (1.004384, -0.183490, 0.014413),
 )
 
-HARD_CAP_MSIGN_STEPS = 14
+HARD_CAP_SIGN_STEPS = 12       # Polar Express steps for sign(G - I) (the last, fixed-point step repeated)
+HARD_CAP_ROOT_STEPS = 6        # Newton-Schulz quintic steps for max(G, I)^(-1/2): exact up to ~5 w_max inputs
+HARD_CAP_BOUND_SQUARINGS = 3   # a loose (<= n^(1/16)) but certified bound on lambda_max(G) suffices to start
+_ROOT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 STIEFEL_MSIGN_STEPS = 12
 
 
@@ -161,8 +164,8 @@ _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if HAVE_TRITON:
     @triton.jit
     def _tile_product(A, B, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn,
-                      UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr):
+                      UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """The (BLOCK_M, BLOCK_N) tile A[rm, :] @ B[:, rn], accumulated in float32 (A, B: one matrix's base)."""
         rk = tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -175,14 +178,14 @@ if HAVE_TRITON:
             if UPCAST:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-            acc += tl.dot(a, b)
+            acc += tl.dot(a, b, input_precision=PRECISION)
         return acc
 
     @triton.jit
     def _sym_mm_kernel(A, B, D, C, R, K,
                        s_ab, s_ar, s_ak, s_bb, s_br, s_bk, s_db, s_dr, s_dc, s_cb, s_cr, s_cc,
                        alpha, beta,
-                       HAS_D: tl.constexpr, UPCAST: tl.constexpr,
+                       HAS_D: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr):
         # One (BLOCK x BLOCK) block of the lower triangle per program; the mirror block is stored
         # from the same registers, so only ~half of the products are computed. A diagonal block is
@@ -194,7 +197,7 @@ if HAVE_TRITON:
             rm = pid_m * BLOCK + tl.arange(0, BLOCK)
             rn = pid_n * BLOCK + tl.arange(0, BLOCK)
             acc = _tile_product(A + bat * s_ab, B + bat * s_bb, rm, rn, R, R, K, s_ar, s_ak, s_bk, s_br,
-                                UPCAST, BLOCK, BLOCK, BLOCK_K)
+                                UPCAST, PRECISION, BLOCK, BLOCK, BLOCK_K)
             acc = acc * alpha
             inside = (rm[:, None] < R) & (rn[None, :] < R)
             if HAS_D:
@@ -211,7 +214,7 @@ if HAVE_TRITON:
     def _mm_add_kernel(A, B, Rt, C, M, N, K,
                        s_ab, s_am, s_ak, s_bb, s_bk, s_bn, s_rb, s_rm, s_rn, s_cb, s_cm, s_cn,
                        alpha, beta,
-                       HAS_R: tl.constexpr, UPCAST: tl.constexpr,
+                       HAS_R: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
@@ -219,7 +222,7 @@ if HAVE_TRITON:
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = _tile_product(A + bat * s_ab, B + bat * s_bb, rm, rn, M, N, K, s_am, s_ak, s_bk, s_bn,
-                            UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+                            UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
         acc = acc * alpha
         inside = (rm[:, None] < M) & (rn[None, :] < N)
         if HAS_R:  # fused epilogue: residual, scale and cast in the same pass as the product
@@ -239,6 +242,12 @@ def _upcast(A: Tensor, B: Tensor) -> bool:
     return _INTERPRETING or A.dtype != B.dtype
 
 
+def _precision(A: Tensor, B: Tensor) -> str:
+    """tl.dot's input precision: float32 operands keep ~float32 accuracy on tensor cores (three TF32
+    products, "tf32x3"; plain TF32 would round inputs to 11 bits); bf16 tiles are exact inputs as they are."""
+    return "tf32x3" if torch.float32 in (A.dtype, B.dtype) else "tf32"
+
+
 def triton_sym_mm(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, D: Tensor | None = None,
                   out_dtype: torch.dtype | None = None, block: int = 64, block_k: int = 32) -> Tensor:
     """alpha * A @ B^T + beta * D for A, B (batch, r, K) whose product is symmetric (e.g. A = B, or
@@ -253,7 +262,7 @@ def triton_sym_mm(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, D
     t = triton.cdiv(r, block)
     _sym_mm_kernel[(t, t, nb)](
         A, B, Dt, C, r, K, *A.stride(), *B.stride(), *Dt.stride(), *C.stride(), float(alpha), float(beta),
-        HAS_D=D is not None, UPCAST=_upcast(A, B), BLOCK=block, BLOCK_K=block_k)
+        HAS_D=D is not None, UPCAST=_upcast(A, B), PRECISION=_precision(A, B), BLOCK=block, BLOCK_K=block_k)
     return C
 
 
@@ -269,7 +278,8 @@ def triton_mm_add(A: Tensor, B: Tensor, alpha: float = 1.0, beta: float = 0.0, R
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), nb)
     _mm_add_kernel[grid](
         A, B, Rt, C, M, N, K, *A.stride(), *B.stride(), *Rt.stride(), *C.stride(), float(alpha), float(beta),
-        HAS_R=R is not None, UPCAST=_upcast(A, B), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+        HAS_R=R is not None, UPCAST=_upcast(A, B), PRECISION=_precision(A, B), BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k)
     return C
 
 
@@ -389,6 +399,19 @@ def _msign_steps(coeffs, steps: int | None) -> tuple[tuple[float, float, float],
     return table[:steps] + (table[-1],) * max(0, steps - len(table))
 
 
+def _quintic_steps(Y: Tensor, schedule, reduce=None) -> Tensor:
+    """Y <- a Y + (b A + c A^2) Y, A = Y Y^T, for each (a, b, c) of the schedule; Y (B, r, K) with r <= K.
+    With `reduce`, Y holds a slice of the K side and A is summed across slices (in float32)."""
+    ops = _ops_for(Y)
+    gram_dtype = torch.float64 if Y.dtype == torch.float64 else torch.float32
+    for a, b, c in schedule:
+        A = ops.sym_mm(Y, Y, out_dtype=gram_dtype if reduce is not None else None)     # Y Y^T
+        A = _sums_over_shards(A, reduce).to(Y.dtype)
+        Bm = ops.sym_mm(A, A, alpha=c, beta=b, D=A)           # b A + c A^2
+        Y = ops.mm_add(Bm, Y, alpha=1.0, beta=a, R=Y)         # a Y + (b A + c A^2) Y
+    return Y
+
+
 def msign(X: Tensor, steps: int | None = None, coeffs="polar_express", *, gram_reduce=None) -> Tensor:
     """Polar factor U V^T of each matrix in X (..., m, n) by quintic Newton-Schulz-type steps
     X <- a X + (b A + c A^2) X, A = X X^T, on the smaller Gram side (A is min(m, n) square; X^T X for
@@ -413,12 +436,7 @@ def msign(X: Tensor, steps: int | None = None, coeffs="polar_express", *, gram_r
     acc_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
     sq = _sums_over_shards(Y.square().sum(dim=(-2, -1), keepdim=True, dtype=acc_dtype), gram_reduce)
     Y = (Y / (sq.sqrt() * safety + 1e-7)).to(X.dtype)
-    ops = _ops_for(Y)
-    gram_dtype = acc_dtype if gram_reduce is not None else None  # partial Grams are summed in float32
-    for a, b, c in schedule:
-        A = _sums_over_shards(ops.sym_mm(Y, Y, out_dtype=gram_dtype), gram_reduce).to(Y.dtype)   # Y Y^T
-        Bm = ops.sym_mm(A, A, alpha=c, beta=b, D=A)           # b A + c A^2
-        Y = ops.mm_add(Bm, Y, alpha=1.0, beta=a, R=Y)         # a Y + (b A + c A^2) Y
+    Y = _quintic_steps(Y, schedule, gram_reduce)
     if transposed:
         Y = Y.mT
     return Y.reshape(X.shape)
@@ -514,21 +532,23 @@ def _squarings(n: int, tol: float = SPECTRAL_UNDERSHOOT) -> int:
     return max(1, math.ceil(math.log2(math.log(max(n, 2)) / math.log1p(tol))) - 2)
 
 
-def _top_of_gram(G: Tensor) -> tuple[Tensor, Tensor]:
+def _top_of_gram(G: Tensor, squarings: int | None = None) -> tuple[Tensor, Tensor]:
     """Upper bound on lambda_max of each symmetric PSD G (B, n, n), and H ~ G^(2^q) / ||G^(2^q)||_F.
 
     lambda_max^p <= trace(G^p) = sum_i lambda_i^p for every p, so with p = 2^(q+1),
     lambda_max <= trace(G^p)^(1/p) = ||G^(2^q)||_F^(2/p) <= n^(1/p) lambda_max. The powers are formed by
     q squarings, each normalized by its Frobenius norm t_j (kept as logs: ln bound = sum_j ln t_j / 2^j).
     A certificate in exact arithmetic; float32 rounding moves it by ~1e-6 relative (_BOUND_MARGIN).
+    squarings: q (default _squarings(n): within SPECTRAL_UNDERSHOOT); fewer give a looser bound, cheaper.
     """
     n = G.shape[-1]
+    ops = _ops_for(G)
     tiny = torch.finfo(G.dtype).tiny
     t = torch.linalg.matrix_norm(G).clamp_min(tiny)                      # ||G||_F >= lambda_max
     H = G / t[:, None, None]
     log_bound = t.log()
-    for j in range(1, _squarings(n) + 1):
-        H = torch.bmm(H, H)                                              # precise products: a certificate
+    for j in range(1, (_squarings(n) if squarings is None else squarings) + 1):
+        H = ops.sym_mm(H, H)                                             # H H^T = H^2, float32-accurate
         t = torch.linalg.matrix_norm(H).clamp_min(tiny)
         H = H / t[:, None, None]
         log_bound = log_bound + t.log() / 2**j
@@ -547,7 +567,7 @@ def _top_singular(X: Tensor, reduce=None) -> tuple[Tensor, Tensor, Tensor, Tenso
     """For each tall X (B, m, n), m >= n: (sigma, sigma_up, u, v) with sigma = ||X v|| <= sigma_max for the
     unit estimate v (B, n) of the top right singular vector, u = X v / sigma (B, m), and
     sigma_up >= sigma_max (certified, at most (1 + SPECTRAL_UNDERSHOOT) sigma_max)."""
-    G = _gram(_TorchOps, X, reduce)
+    G = _gram(_ops_for(X), X, reduce)
     lam_up, H = _top_of_gram(G)
     v = _top_direction(H)
     Xv = torch.bmm(X, v.unsqueeze(-1)).squeeze(-1)
@@ -610,22 +630,36 @@ def _svd_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
     return ((U * S.unsqueeze(-2)) @ Vh).to(W.dtype).reshape(W.shape)
 
 
-def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, shards, steps: int = HARD_CAP_MSIGN_STEPS):
-    """cap(X) = 1/2 [(O + X) + (O - X) sign(X^T X - I)] at w_max = 1, O = msign(X) (tall X).
-    Singular values below 1 come out exactly (the O terms cancel); near 1 the error is at most |1 - s|
-    times how far the matrix sign is from converged there."""
+def _hard_cap(W, w_max, *, lr, weight_decay, max_update_norm, state, shards):
+    """cap(X) = X max(G, I)^(-1/2) with G = X^T X (tall X, at w_max = 1): singular values s -> min(s, 1),
+    the singular vectors kept. Only the Gram and the final product touch the long side; the rest is on
+    the n x n short side:
+        max(G, I) = 1/2 [(G + I) + (G - I) sign(G - I)]    (eigenvalues max(lambda, 1) >= 1: well conditioned)
+        sign by Polar Express on G - I scaled by a certified bound on |lambda - 1| (a Frobenius scale would
+        be ~sqrt(n) too large and leave values near the cap unresolved);
+        M^(-1/2) by the Newton-Schulz quintic z <- z (15 - 10 x^2 + 3 x^4) / 8 on x = sqrt(mu) z, started at
+        z = 1/sqrt(bound) so x in (0, 1], where it rises monotonically to 1 and never passes it.
+    Error: near s = 1 at most |1 - s| times how far the sign is from converged there (~1e-3 in fp32)."""
     c = _rms_scale(W, shards)
     X0 = _as_batch(W).to(_compute_dtype(W))
     ops = _ops_for(X0)
     tall = _is_tall(X0)
     X = _tall(X0) * (c / w_max)
-    reduce = _reduce_of(shards)
-    O = msign(X, steps=steps, gram_reduce=reduce)
-    Y = _gram(ops, X, reduce)                   # X^T X
-    Y.diagonal(dim1=-2, dim2=-1).sub_(1.0)
-    S = msign(Y, steps=steps)                   # matrix sign of the symmetric X^T X - I (small: every shard)
-    half = 0.5 * w_max / c
-    out = ops.mm_add(O - X, S, alpha=half, beta=half, R=O + X)
+    G = _gram(ops, X, _reduce_of(shards))
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    lam_up, _ = _top_of_gram(G, squarings=HARD_CAP_BOUND_SQUARINGS)   # >= lambda_max, <= ~1.5 lambda_max
+    top = lam_up.clamp_min(1.0)[:, None, None]                       # >= every eigenvalue of max(G, I)
+    D = G - eye
+    span = (top - 1.0).clamp_min(1.0) * _PE_SAFETY                  # >= |lambda - 1| for lambda in [0, top]
+    S = _quintic_steps(D / span, _msign_steps("polar_express", HARD_CAP_SIGN_STEPS))
+    M = ops.sym_mm(D, S, alpha=0.5, beta=0.5, D=G + eye)             # max(G, I); D, S commute
+    Z = eye / top.sqrt()
+    a, b, cc = _ROOT_QUINTIC
+    for _ in range(HARD_CAP_ROOT_STEPS):
+        Y = ops.sym_mm(ops.mm_add(Z, M), Z)                          # Z M Z (Z, M commute)
+        P = ops.sym_mm(Y, Y, alpha=cc, beta=b, D=Y)                  # b Y + c Y^2
+        Z = ops.mm_add(Z, P, beta=a, R=Z)                            # Z (a I + b Y + c Y^2)
+    out = ops.mm_add(X, Z, alpha=w_max / c)
     if not tall:
         out = out.mT
     return out.to(W.dtype).reshape(W.shape)

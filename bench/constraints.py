@@ -1,17 +1,20 @@
-"""Soft cap cost at GPT-2 small shapes, measured side by side in one run.
+"""Constraint and orthogonalization cost at GPT-2 small shapes, measured side by side in one run.
 
-    python bench/constraints.py [--layers 12] [--reps 2] [--dtype float32]
+    python bench/constraints.py [--device cpu|cuda] [--layers N] [--reps 3] [--methods soft_cap,...]
 
-Compares, on the parameter stacks the optimizer batches together (all equal-shape matrices of the
-model: 48 x 768x768 q/k/v/o, 12 x 3072x768 c_fc, 12 x 768x3072 c_proj, 1 x 50304x768 lm_head):
-  (a) naive:  per matrix, coupling solved on the host (numpy roots, per call), then two passes
-              W <- W - a W W^T W and W <- W + a W W^T W on the smaller Gram side
-  (b) ours:   constraints.apply(..., "soft_cap"): one Gram, two small square products, one final
-              product with the residual fused, coupling cached (torch path here)
-  (c) muon:   the Muon orthogonalization on the same stacks (msign, the fork's 5 quintic steps)
-  (d) floor:  ours' FLOPs / the matmul rate measured on each stack's Gram product
-and prints ratios (not absolute times) and the FLOPs of each path, plus the FLOPs the Triton path
-(symmetric products: one triangle of 64x64 blocks) and the fork's larger-side Gram would perform.
+The stacks are what Muon batches together: 4L x 768x768 q/k/v/o, L x 3072x768 c_fc, L x 768x3072 c_proj,
+1 x 50304x768 lm_head (L = --layers; default 12 on CUDA, 1 on CPU, where the hidden-matrix costs scale
+linearly with L). Every matrix starts inside its cap after a Muon-sized step (norm ~1.06 w_max).
+
+Table 1, per stack and in total, ms per step and ratios:
+  msign      Muon's orthogonalization (fork coefficients, Muon's dtype: bf16 on CUDA and bf16-capable CPUs)
+  <method>   constraints.apply on the whole stack (one call), and its ratio to msign
+  loop/stack the same method called once per matrix, over one call on the stack (what stacking saves)
+  soft_cap also against the naive form (coupling solved on the host per matrix, two passes W - a W W^T W).
+Table 2 (CUDA only), the kernels: Triton vs cuBLAS for the Gram (bf16 and fp32) and the fused
+product-with-residual at each stack's shapes, and the choice the per-shape dispatch made.
+Times: CUDA events (median of --reps after a warm-up) on CUDA; on CPU the fastest of --reps rounds in
+which the paths take turns (a shared machine's load then hits them alike).
 """
 import argparse
 import math
@@ -24,11 +27,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import constraints as C  # noqa: E402
+from muon import default_orth_dtype  # noqa: E402
 
 W_MAX = 1.0
 LR = 0.05
-ETA = LR * C.FORK_MAX_SINGULAR_VALUE * 1.05   # the fork's max update norm
-TRITON_BLOCK = 64
+ETA = LR * C.FORK_MAX_SINGULAR_VALUE * 1.05   # the fork's max update norm at lr 0.05
 
 
 def gpt2_small_stacks(layers, d=768, vocab=50304):
@@ -36,133 +39,166 @@ def gpt2_small_stacks(layers, d=768, vocab=50304):
             ("mlp c_proj", layers, d, 4 * d), ("lm_head", 1, vocab, d)]
 
 
-# ---- FLOP counts (per matrix; L = larger dim, s = smaller dim) --------------------------------
-def flops_naive(L, s):
-    return 2 * (2 * L * s * s + 2 * L * s * s)              # two passes: Gram + W @ Gram
-
-
-def flops_ours_torch(L, s):
-    return 2 * L * s * s + 2 * (2 * s**3) + 2 * L * s * s  # Gram, G^2, G^2 Q, W @ P
-
-
-def sym_flops(s, K, block=TRITON_BLOCK):
-    t = math.ceil(s / block)
-    return 2 * K * block * block * t * (t + 1) // 2          # one triangle of blocks
-
-
-def flops_ours_triton(L, s):
-    return sym_flops(s, L) + 2 * sym_flops(s, s) + 2 * L * s * s
-
-
-def flops_fork_form(L, s):
-    return 2 * (2 * L * L * s + 2 * L * L * s)              # Gram on the LARGER side, two passes
-
-
-def flops_muon(L, s, steps=5):
-    return steps * (2 * s * s * L + 2 * s**3 + 2 * s * s * L)
-
-
-# ---- the naive formulation ---------------------------------------------------------------------
 def naive_alpha(w_max, eta):
     k = w_max + eta
     roots = np.roots([-k**9, 3 * k**7, -3 * k**5, 0.0, k - w_max])
     return min(r.real for r in roots if abs(r.imag) < 1e-9 and r.real >= 0)
 
 
-def naive_soft_cap(W, w_max, eta):
+def naive_soft_cap(W, w_max=W_MAX, eta=ETA):
+    """Per matrix, coupling solved on the host each call, two passes on the smaller Gram side (float32)."""
     out = torch.empty_like(W)
-    for i in range(W.shape[0]):                               # per matrix, as the fork did
+    for i in range(W.shape[0]):
         alpha = naive_alpha(w_max, eta)
         m, n = W.shape[-2:]
         c = math.sqrt(n / m)
-        M = W[i] * c
+        M = W[i].float() * c
         for sign in (-1.0, 1.0):
-            if m >= n:
-                M = torch.addmm(M, M, M.mT @ M, alpha=sign * alpha)
-            else:
-                M = torch.addmm(M, M @ M.mT, M, alpha=sign * alpha)
-        out[i] = M / c
+            M = torch.addmm(M, M, M.mT @ M, alpha=sign * alpha) if m >= n else torch.addmm(M, M @ M.mT, M, alpha=sign * alpha)
+        out[i] = (M / c).to(W.dtype)
     return out
 
 
-def ours(W):
-    return C.apply(W, "soft_cap", W_MAX, max_update_norm=ETA, check_finite=False)
+def constrain(method):
+    return lambda W: C.apply(W, method, W_MAX, lr=LR, max_update_norm=ETA, check_finite=False)
 
 
-def muon(W):
-    return C.msign(W, coeffs="fork")
+def per_matrix(fn):
+    return lambda W: torch.stack([fn(W[i:i + 1])[0] for i in range(W.shape[0])])
 
 
-def matmul_probe(W):
-    """The stack's Gram product alone: used to measure this machine's matmul rate at this shape."""
-    Xs = W.mT if W.shape[-2] >= W.shape[-1] else W
-    return torch.bmm(Xs, Xs.mT)
-
-
-def timed_interleaved(fns, W, reps):
-    """Best time of each path, the paths taking turns in every repetition (so that load from other
-    processes on a shared machine hits them alike)."""
-    best = {key: float("inf") for key in fns}
+def timings(fns: dict, x, reps: int, device) -> dict:
+    """ms per call of each fn(x): CUDA events (median of reps after a warm-up) or CPU wall time
+    (fastest of reps interleaved rounds after a warm-up)."""
+    for fn in fns.values():
+        fn(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        out = {}
+        for key, fn in fns.items():
+            ts = []
+            for _ in range(reps):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn(x)
+                b.record()
+                b.synchronize()
+                ts.append(a.elapsed_time(b))
+            out[key] = float(np.median(ts))
+        return out
+    best = {key: math.inf for key in fns}
     for _ in range(reps):
         for key, fn in fns.items():
             t0 = time.perf_counter()
-            fn(W)
-            best[key] = min(best[key], time.perf_counter() - t0)
+            fn(x)
+            best[key] = min(best[key], 1000 * (time.perf_counter() - t0))
     return best
+
+
+def stack_inside_cap(count, m, n, dtype, device, gen):
+    """count matrices (count, m, n) with RMS->RMS norm 1.06 (a Muon step past the cap), in `dtype`."""
+    W = torch.randn(count, m, n, generator=gen, device="cpu").to(device)
+    W = W * (1.06 / C.rms_norm_op(W).clamp_min(1e-12))[:, None, None]
+    return W.to(dtype)
+
+
+def kernel_table(stacks, reps, device):
+    """Triton vs cuBLAS at each stack's Gram and fused-residual shapes (CUDA only)."""
+    print("\nkernels, ms per call on the whole stack (Triton / cuBLAS; < 1 means Triton wins):")
+    print(f"{'stack':28s} {'op':24s} {'triton':>9s} {'cublas':>9s} {'ratio':>7s}")
+    gen = torch.Generator().manual_seed(1)
+    for name, count, m, n in stacks:
+        for dtype in (torch.bfloat16, torch.float32):
+            X = torch.randn(count, m, n, generator=gen).to(device, dtype)
+            Xs = X.mT if m >= n else X                      # the small-side Gram, strided as in constraints
+            s = min(m, n)
+            P = torch.randn(count, s, s, generator=gen).to(device, dtype)
+            cases = {
+                f"gram {str(dtype)[6:]}": (lambda t: C.triton_sym_mm(Xs, Xs, out_dtype=torch.float32),
+                                           lambda t: C.torch_sym_mm(Xs, Xs, out_dtype=torch.float32)),
+                f"X P + X {str(dtype)[6:]}": ((lambda t: C.triton_mm_add(X, P, beta=1.0, R=X)) if m >= n else
+                                             (lambda t: C.triton_mm_add(P, X, beta=1.0, R=X)),
+                                             (lambda t: C.torch_mm_add(X, P, beta=1.0, R=X)) if m >= n else
+                                             (lambda t: C.torch_mm_add(P, X, beta=1.0, R=X))),
+            }
+            for op, (tri, cub) in cases.items():
+                try:
+                    t = timings(dict(triton=tri, cublas=cub), None, reps, device)
+                except Exception as e:  # noqa: BLE001 - report a kernel that does not build, keep going
+                    print(f"{name:28s} {op:24s} failed: {str(e).splitlines()[0][:60]}")
+                    continue
+                print(f"{f'{count} x {m}x{n} {name}':28s} {op:24s} {t['triton']:9.3f} {t['cublas']:9.3f} "
+                      f"{t['triton'] / t['cublas']:7.2f}")
+            del X, P
+    chosen = {}
+    for key, choice in C.DISPATCH_CHOICES.items():
+        chosen.setdefault(choice, 0)
+        chosen[choice] += 1
+    print(f"dispatch after the runs above: {chosen} (op, shape, dtype) keys chose triton/torch")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--reps", type=int, default=2, help="repetitions per path (best is kept)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--layers", type=int, default=0, help="GPT-2 small layers (default 12 on CUDA, 1 on CPU)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--methods", default="soft_cap,spectral_normalize,hard_cap")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the weights' dtype")
+    ap.add_argument("--no-loop", dest="loop", action="store_false", help="skip the per-matrix loop column")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench/constraints.py: --device cuda but no CUDA device on this machine; nothing measured")
+        return
+    device = torch.device(args.device)
+    layers = args.layers or (12 if device.type == "cuda" else 1)
     dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {args.dtype}, "
-          f"torch path (CPU), w_max {W_MAX}, eta {ETA:.5f}, best of {args.reps}")
-
-    rows, tot = [], dict(naive=0.0, ours=0.0, muon=0.0, floor=0.0)
-    ftot = dict(naive=0, ours=0, triton=0, fork=0, muon=0)
-    for name, count, m, n in gpt2_small_stacks(args.layers):
-        W = torch.randn(count, m, n, dtype=dtype)
-        W = W * (0.9 / C.rms_norm_op(W[:1]).item())            # inside the cap, like after a step
-        L, s = max(m, n), min(m, n)
-        fl = dict(naive=count * flops_naive(L, s), ours=count * flops_ours_torch(L, s),
-                  triton=count * flops_ours_triton(L, s), fork=count * flops_fork_form(L, s),
-                  muon=count * flops_muon(L, s))
-        reps = max(1, args.reps - 1) if name == "lm_head" else args.reps
-        ours(W[:1]); naive_soft_cap(W[:1], W_MAX, ETA); muon(W[:1])   # warm-up
-        t = timed_interleaved(dict(probe=matmul_probe, naive=lambda x: naive_soft_cap(x, W_MAX, ETA),
-                                   ours=ours, muon=muon), W, reps)
-        rate = count * 2 * L * s * s / t.pop("probe")
-        t["floor"] = fl["ours"] / rate
-        rows.append((f"{count} x {m}x{n} {name}", t, fl, rate))
-        for key in tot:
-            tot[key] += t[key]
-        for key in ftot:
-            ftot[key] += fl[key]
-        del W
-
-    hdr = (f"{'stack':32s} {'ours/naive':>10s} {'ours/muon':>10s} {'ours/floor':>10s} "
-           f"{'GFLOP naive':>11s} {'ours':>8s} {'triton':>8s} {'muon':>8s} {'fork-form':>10s} {'GFLOP/s':>8s}")
+    orth = default_orth_dtype(device)
+    methods = [m for m in args.methods.split(",") if m]
+    stacks = gpt2_small_stacks(layers)
+    where = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}; torch {torch.__version__}; weights {args.dtype}, msign in {str(orth)[6:]}; GPT-2 small, "
+          f"{layers} layers; w_max {W_MAX}, eta {ETA:.4f}; {'median' if device.type == 'cuda' else 'best'} of {args.reps}")
+    gen = torch.Generator().manual_seed(0)
+    total = {}
+    hdr = f"{'stack':28s} {'msign':>9s}" + "".join(f" {m:>18s} {'/msign':>7s}" + (f" {'loop/stack':>10s}" if args.loop else "")
+                                                for m in methods) + f" {'naive/soft_cap':>14s}"
     print(hdr)
     print("-" * len(hdr))
-    for label, t, fl, rate in rows:
-        print(f"{label:32s} {t['ours'] / t['naive']:10.3f} {t['ours'] / t['muon']:10.3f} "
-              f"{t['ours'] / t['floor']:10.3f} {fl['naive'] / 1e9:11.1f} {fl['ours'] / 1e9:8.1f} "
-              f"{fl['triton'] / 1e9:8.1f} {fl['muon'] / 1e9:8.1f} {fl['fork'] / 1e9:10.1f} {rate / 1e9:8.1f}")
+    for name, count, m, n in stacks:
+        W = stack_inside_cap(count, m, n, dtype, device, gen)
+        fns = {"msign": lambda X: C.msign(X.to(orth), coeffs="fork")}
+        for meth in methods:
+            fns[meth] = constrain(meth)
+            if args.loop and count > 1:
+                fns[meth + " loop"] = per_matrix(constrain(meth))
+        if "soft_cap" in methods:
+            fns["naive"] = naive_soft_cap
+        t = timings(fns, W, args.reps, device)
+        for meth in methods:  # one matrix: the loop is the stack
+            t.setdefault(meth + " loop", t[meth])
+        for key, v in t.items():
+            total[key] = total.get(key, 0.0) + v
+        row = f"{f'{count} x {m}x{n} {name}':28s} {t['msign']:9.1f}"
+        for meth in methods:
+            row += f" {t[meth]:18.1f} {t[meth] / t['msign']:7.2f}"
+            if args.loop:
+                row += f" {t[meth + ' loop'] / t[meth]:10.2f}"
+        row += f" {t['naive'] / t['soft_cap']:14.2f}" if "naive" in t else ""
+        print(row, flush=True)
+        del W
     print("-" * len(hdr))
-    print(f"{'GPT-2 small mix (sum)':32s} {tot['ours'] / tot['naive']:10.3f} {tot['ours'] / tot['muon']:10.3f} "
-          f"{tot['ours'] / tot['floor']:10.3f} {ftot['naive'] / 1e9:11.1f} {ftot['ours'] / 1e9:8.1f} "
-          f"{ftot['triton'] / 1e9:8.1f} {ftot['muon'] / 1e9:8.1f} {ftot['fork'] / 1e9:10.1f}")
-    print()
-    print(f"targets (torch path): ours/naive <= 0.70 -> {tot['ours'] / tot['naive']:.3f}; "
-          f"ours/muon <= 0.35 -> {tot['ours'] / tot['muon']:.3f}; ours/floor <= 2 -> {tot['ours'] / tot['floor']:.3f}")
-    print(f"FLOP ratios: ours/naive {ftot['ours'] / ftot['naive']:.3f}, ours/muon {ftot['ours'] / ftot['muon']:.3f}; "
-          f"Triton path (symmetric products) saves {1 - ftot['triton'] / ftot['ours']:.1%} of ours "
-          f"({ftot['triton'] / ftot['naive']:.3f} of naive); the fork's larger-side Gram form costs "
-          f"{ftot['fork'] / ftot['ours']:.0f}x ours")
+    row = f"{'GPT-2 small step (sum)':28s} {total['msign']:9.1f}"
+    for meth in methods:
+        row += f" {total[meth]:18.1f} {total[meth] / total['msign']:7.2f}"
+        if args.loop:
+            row += f" {total[meth + ' loop'] / total[meth]:10.2f}"
+    row += f" {total['naive'] / total['soft_cap']:14.2f}" if "naive" in total else ""
+    print(row)
+    targets = dict(soft_cap=0.35, spectral_normalize=1.0, hard_cap=3.0)
+    print("targets (method / msign per step): " + ", ".join(
+        f"{m} <= {targets[m]} -> {total[m] / total['msign']:.2f}" for m in methods if m in targets))
+    if device.type == "cuda":
+        kernel_table(stacks, args.reps, device)
 
 
 if __name__ == "__main__":

@@ -508,7 +508,7 @@ def test_triton_mm_add_matches_torch(dtype, m, k, n):
 
 
 @triton_only
-@pytest.mark.parametrize("method", ["soft_cap", "hard_cap", "hard_cap_poly"])
+@pytest.mark.parametrize("method", ["soft_cap", "hard_cap", "hard_cap_poly", "spectral_normalize"])
 @pytest.mark.parametrize("m,n,dtype", [(64, 48, torch.float32), (32, 96, torch.float32), (64, 48, torch.bfloat16)])
 def test_methods_on_triton_path_match_torch_path(monkeypatch, method, m, n, dtype):
     W = make_weight(m, n, spread(min(m, n), 1.06, 0.0), seed=2, batch=(2,))[0].to(dtype)
