@@ -47,6 +47,16 @@ Where the paper's stated form (arXiv 2507.13338, Appendix C) is unsound for this
      so gelu(z)/1.1289 is 1.0000037-Lipschitz, not 1- (tests: a model attains this MLP bound).
 The paper's literal recursion is still reported ("log10_bound_paper_literal") to compare with its
 published numbers; it is not a certificate.
+
+The "sharp" variant (bound_sharp; certified_bound's default) keeps this derivation and drops worst cases
+that cannot happen together (each step is derived beside its code below; every one is <= the "tight" form):
+  - the query token is one token for all heads: its q and dq share the budget n(W_Q) across heads (only
+    keys and values may come from a different token per head), a fractional knapsack;
+  - the value path through M = W_O blockdiag(W_V,h) when that is smaller than n(W_O) n_h(W_V);
+  - the MLP as its linear part W_proj W_fc / 2 plus gelu' - 1/2 in [-0.629, 0.629], with the residual
+    mixing (1-a) I inside the norm of the linear part;
+  - reader bounds: RMS(W x) and RMS(W dx) for the attention's readers W_Q, W_K, W_V, followed through the
+    earlier sublayers' output maps (n(W M), n(W W_proj), ...), instead of n(W) r and n(W) delta.
 Everything is done in natural-log space, so astronomically large bounds do not overflow; a float
 bound above ~1e308 is reported as math.inf with its finite log10.
 """
@@ -72,8 +82,9 @@ THEOREMS = {
              "as sqrt(s) into W_Q and W_K, heads combined in RMS",
     "tight": "attention: per-term derivative bound |dv| + |v|(|dq||k| + |q||dk|) (the preprint's form), "
              "per head, heads combined in RMS",
-    "sharp": "attention: per-term bound with the query token's q and dq shared across heads, value path "
-             "through min(n(W_O) n_h(W_V), n(W_O blockdiag W_V)); MLP: gelu' = 1/2 + [-0.629, 0.629]",
+    "sharp": "attention: per-term bound, the query token's q and dq shared across heads, value path through "
+             "min(n(W_O) n_h(W_V), n(W_O blockdiag W_V)), q/k/v bounds through earlier layers' output maps; "
+             "MLP: W_proj W_fc / 2 + (gelu' - 1/2 in [-0.629, 0.629]) with the residual mixing",
     "paper_literal": "the paper's Appendix C recursion verbatim (arXiv 2507.13338; whole-matrix norms, MLP / 1.1289): "
                      "NOT a certificate for multi-head attention",
 }
@@ -275,9 +286,10 @@ def _value_path_weights(n: dict, log_r: float, radii: dict, pert: dict) -> list[
 
 @dataclass
 class _Sublayer:
-    """What reader_bounds needs from one earlier sublayer: its residual weight a, the matrices its output
-    goes through (attention: (M,); MLP: (P = W_proj W_fc, W_proj)), log n(W_fc), and the logs of the bounds
-    on the vector those matrices act on and on the stream after it, for activations and perturbations."""
+    """What reader_bounds needs from one earlier sublayer: its residual weight a, the matrices X its output
+    goes through (attention: (M,); MLP: (P = W_proj W_fc, W_proj)) as (X X^T, columns of X), log n(W_fc), and
+    the logs of the bounds on the vector X acts on and on the stream after it, for activations and
+    perturbations."""
     a: float
     mats: tuple
     log_fc: float
@@ -285,6 +297,11 @@ class _Sublayer:
     log_r_after: float
     log_pert_in: float
     log_pert_after: float
+
+
+def _gram(X: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(X X^T, number of columns of X): all reader_bounds needs of an output map X (d, m)."""
+    return X @ X.mT, X.shape[1]
 
 
 def _reader_matrices(block: nn.Module) -> torch.Tensor:
@@ -299,13 +316,16 @@ def reader_bounds(block: nn.Module, history: list, log_r0: float) -> tuple[dict,
     H = block.attn.n_head
     R = _reader_matrices(block)
     inner = R.shape[0] // 3
+    heads = R.reshape(3 * H, inner // H, -1)
 
-    def norms(X):  # log RMS->RMS norms of W_Q X and of every head block of W_Q X, W_K X, W_V X
-        RX = R if X is None else R @ X
-        whole = rms_op_norms(RX[:inner]).item()
-        return [_log(whole)] + [_log(x) for x in rms_op_norms(RX.reshape(3 * H, inner // H, -1)).tolist()]
+    def norms(gram):  # log RMS->RMS norms of W_Q X and of every head block of W_Q X, W_K X, W_V X, from
+        G, m = gram   # the Gram matrix G = X X^T (d, d) of X (d, m): sigma(W X)^2 = lambda_max(W G W^T)
+        RG = R @ G
+        whole = torch.linalg.eigvalsh(RG[:inner] @ R[:inner].mT)[-1].clamp_min(0).sqrt().item()
+        per = torch.linalg.eigvalsh(RG.reshape(heads.shape) @ heads.mT)[..., -1].clamp_min(0).sqrt()
+        return [_log(whole * math.sqrt(m / inner))] + [_log(x * math.sqrt(m / heads.shape[1])) for x in per.tolist()]
 
-    own = norms(None)
+    own = norms((torch.eye(R.shape[1], dtype=torch.float64, device=R.device), R.shape[1]))
     act, pert = [x + log_r0 for x in own], list(own)
     for sub in history:
         if len(sub.mats) == 1:  # attention
@@ -476,16 +496,16 @@ def bound_report(model: nn.Module, radius: float | None = None) -> dict:
         log_r += _log_residual(a, log_attention_gain(n["v_heads"], n["o"]))
         log_r_att_in = log_r_sharp
         log_r_sharp += _log_residual(a, log_attention_gain_sharp(n))
-        history.append(_Sublayer(a, (_ov_matrix(block.attn),), 0.0, log_r_att_in, log_r_sharp, log_mixer_pert,
-                                 log_L_mid))
+        history.append(_Sublayer(a, (_gram(_ov_matrix(block.attn)),), 0.0, log_r_att_in, log_r_sharp,
+                                 log_mixer_pert, log_L_mid))
         log_r_lit += _log_residual(a, _log(n["o"]) + _log(n["v"]) - math.log(ATTN_OUT_DIVISOR))
         row["log10_r_mid"], row["log10_r_mid_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         log_r += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
         log_r_mlp_in = log_r_sharp
         log_r_sharp += log_mlp_residual_gain_sharp(n)
         W_fc, W_proj = (w.detach().to(torch.float64) for w in (block.mlp.fc.weight, block.mlp.proj.weight))
-        history.append(_Sublayer(a, (W_proj @ W_fc, W_proj), _log(n["fc"]), log_r_mlp_in, log_r_sharp, log_L_mid,
-                                 log_L["sharp"]))
+        history.append(_Sublayer(a, (_gram(W_proj @ W_fc), _gram(W_proj)), _log(n["fc"]), log_r_mlp_in,
+                                 log_r_sharp, log_L_mid, log_L["sharp"]))
         log_r_lit += _log_residual(a, log_mlp_gain(n["fc"], n["proj"]))
         row["log10_r_out"], row["log10_r_out_sharp"] = log_r / _LOG10, log_r_sharp / _LOG10
         row["log10_r_out_paper_literal"] = log_r_lit / _LOG10

@@ -537,6 +537,37 @@ def test_mlp_sharp_lipschitz_and_growth_attained():
     assert L.activation_bounds(model, variant="tight")[0] > 1.5 * bound
 
 
+def test_reader_bounds_attained_when_earlier_outputs_are_unread(monkeypatch):
+    """2 layers, d 32, 2 heads. Block 0 writes (W_O, W_proj) only into coordinates 16-31; block 1's W_Q, W_K,
+    W_V read only coordinates 0-15. So block 1 sees W x_1 = (1-a)^2 W x_0 exactly: the reader bounds are
+    (1-a)^2 n(W) r_0 (and (1-a)^2 n(W) for perturbations), attained by an input along W's top direction,
+    while the plain bounds n(W) r_1 (n(W) delta_1) include everything block 0 can write."""
+    hp = make_hp(n_layer=2, d_model=32, n_head=2, s=8.0)
+    model = capped_model(hp, 2.0, seed=11)
+    with torch.no_grad():
+        for name in ("attn.o", "mlp.proj"):
+            model.get_submodule(f"blocks.0.{name}").weight[:16].zero_()
+        for name in ("q", "k", "v"):
+            model.get_submodule(f"blocks.1.attn.{name}").weight[:, 16:].zero_()
+    calls, real = [], L.reader_bounds  # record what bound_report computes for each block
+    monkeypatch.setattr(L, "reader_bounds", lambda *args: calls.append(real(*args)) or calls[-1])
+    rep = L.bound_report(model)
+    n1 = rep["layers"][1]["norms"]
+    radii, pert = calls[1]
+    a = model.blocks[0].alpha
+    assert math.exp(radii["q"]) == pytest.approx((1 - a) ** 2 * n1["q"], rel=1e-9)
+    assert [math.exp(x) for x in radii["k_heads"]] == pytest.approx([(1 - a) ** 2 * k for k in n1["k_heads"]], rel=1e-9)
+    assert [math.exp(x) for x in pert["v_heads"]] == pytest.approx([(1 - a) ** 2 * v for v in n1["v_heads"]], rel=1e-9)
+    r1 = 10 ** rep["layers"][0]["log10_r_out_sharp"]
+    assert math.exp(radii["q"]) < 0.5 * n1["q"] * r1  # far below the plain bound
+    # attained: x_0 = the top right singular vector of W_Q (block 1), scaled to RMS 1, at one token
+    Wq = model.blocks[1].attn.q.weight.detach().double()
+    x0 = torch.linalg.svd(Wq)[2][0] * math.sqrt(32)
+    x1 = model.blocks[0].double()(x0.view(1, 1, 32), tg.AttentionMask(torch.zeros(1, 1, dtype=torch.long), -1, 0))
+    got = (x1[0, 0] @ Wq.T).square().mean().sqrt().item()
+    assert got == pytest.approx(math.exp(radii["q"]), rel=1e-9)
+
+
 def test_multihead_gather_exceeds_paper_literal_activation_bound():
     """2 heads, 2 tokens. Head 0 reads coords 0-7, head 1 coords 8-15 (W_V a partial permutation, n(W_V)
     = 1); huge s and control coords 16, 17 make head 0 of token 1 attend to token 0 and head 1 to token 1,
