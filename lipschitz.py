@@ -284,6 +284,11 @@ def _value_path_weights(n: dict, log_r: float, radii: dict, pert: dict) -> list[
 # where W reads only part of what earlier sublayers write.
 
 
+# Sublayers reader_bounds follows back (before them, n(W) times the stream bound): the cost is
+# O(layers * READER_DEPTH) products of (3 d, d) by (d, d) matrices, not O(layers^2).
+READER_DEPTH = 4
+
+
 @dataclass
 class _Sublayer:
     """What reader_bounds needs from one earlier sublayer: its residual weight a, the matrices X its output
@@ -326,8 +331,12 @@ def reader_bounds(block: nn.Module, history: list, log_r0: float) -> tuple[dict,
         return [_log(whole * math.sqrt(m / inner))] + [_log(x * math.sqrt(m / heads.shape[1])) for x in per.tolist()]
 
     own = norms((torch.eye(R.shape[1], dtype=torch.float64, device=R.device), R.shape[1]))
-    act, pert = [x + log_r0 for x in own], list(own)
-    for sub in history:
+    recent = history[-READER_DEPTH:]
+    # before the window: the stream bounds r and delta (network input: r_0 and 1)
+    start = history[-READER_DEPTH - 1] if len(history) > READER_DEPTH else None
+    act = [x + (start.log_r_after if start else log_r0) for x in own]
+    pert = [x + (start.log_pert_after if start else 0.0) for x in own]
+    for sub in recent:
         if len(sub.mats) == 1:  # attention
             through = norms(sub.mats[0])
             act_out = [x - math.log(ATTN_OUT_DIVISOR) + sub.log_r_in for x in through]
