@@ -368,8 +368,8 @@ def _ov_matrix(attn: nn.Module) -> torch.Tensor:
 def log_attention_gain_sharp(n: dict) -> float:
     """log of the activation growth bound RMS(W_O attention(x)/3) <= gain * r: each head averages tokens
     (RMS <= r), then the value path (b) above with the smaller omega."""
-    return min(_log_rms_mean(first) for first, _ in _value_path_weights(n, 0.0, default_radii(n, 0.0),
-                                                                           default_pert(n))) - math.log(ATTN_OUT_DIVISOR)
+    paths = _value_path_weights(n, 0.0, default_radii(n, 0.0), default_pert(n))
+    return min(_log_rms_mean(first) for first, _ in paths) - math.log(ATTN_OUT_DIVISOR)
 
 
 # MLP, "sharp": gelu(z) = z/2 + |z| |Phi(z) - 1/2| with the second part in [0, |z|/2], and
