@@ -401,12 +401,13 @@ def _msign_steps(coeffs, steps: int | None) -> tuple[tuple[float, float, float],
 
 def _quintic_steps(Y: Tensor, schedule, reduce=None) -> Tensor:
     """Y <- a Y + (b A + c A^2) Y, A = Y Y^T, for each (a, b, c) of the schedule; Y (B, r, K) with r <= K.
-    With `reduce`, Y holds a slice of the K side and A is summed across slices (in float32)."""
+    With `reduce`, Y holds a slice of the K side and A is summed across slices (the sum in float32)."""
     ops = _ops_for(Y)
-    gram_dtype = torch.float64 if Y.dtype == torch.float64 else torch.float32
+    sum_dtype = torch.float64 if Y.dtype == torch.float64 else torch.float32
     for a, b, c in schedule:
-        A = ops.sym_mm(Y, Y, out_dtype=gram_dtype if reduce is not None else None)     # Y Y^T
-        A = _sums_over_shards(A, reduce).to(Y.dtype)
+        A = ops.sym_mm(Y, Y)                                   # Y Y^T, in Y's dtype (bf16 GEMMs stay bf16)
+        if reduce is not None:
+            A = reduce(A.to(sum_dtype)).to(Y.dtype)
         Bm = ops.sym_mm(A, A, alpha=c, beta=b, D=A)           # b A + c A^2
         Y = ops.mm_add(Bm, Y, alpha=1.0, beta=a, R=Y)         # a Y + (b A + c A^2) Y
     return Y
