@@ -14,7 +14,6 @@ accumulation, which is the default geometry of the speedrun configuration).
 On a machine without CUDA (and without --cpu-smoke) it says so in one line and exits 0.
 """
 import argparse
-import glob
 import json
 import os
 import re

@@ -531,3 +531,75 @@ def test_msign_on_triton_path_matches_torch_path(monkeypatch):
         got = C.msign(X, coeffs=coeffs)
         monkeypatch.setattr(C, "TRITON_ON_CPU", False)
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# long-side slices (LongSideShards): every shardable method, sliced over "ranks" played by threads
+
+def run_on_slices(W, method, pieces, **kwargs):
+    """apply() on `pieces` slices of W's long side at once, one thread each, with a reduce that sums the
+    threads' tensors (what an all_reduce does across ranks); the slices' results, concatenated."""
+    import threading
+    dim = -2 if W.shape[-2] >= W.shape[-1] else -1
+    slices = torch.tensor_split(W, pieces, dim=dim)
+    barrier, box = threading.Barrier(pieces), {}
+
+    def reduce_for(i):
+        def reduce(t):
+            box[i] = t
+            barrier.wait()
+            total = sum(box[j] for j in range(pieces))
+            barrier.wait()  # everyone has read the slots before the next reduce overwrites them
+            return total
+        return reduce
+
+    out, errors = [None] * pieces, []
+
+    def work(i):
+        try:
+            shards = C.LongSideShards(length=W.shape[dim], reduce=reduce_for(i))
+            out[i] = C.apply(slices[i], method, 1.0, shards=shards, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(e)
+            barrier.abort()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(pieces)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return torch.cat(out, dim=dim)
+
+
+SHARDABLE = sorted(m for m, info in C.PROPERTIES.items() if info.shardable)
+
+
+@pytest.mark.parametrize("method", SHARDABLE)
+@pytest.mark.parametrize("shape", [(96, 16), (16, 96), (2, 80, 24)])
+def test_methods_on_long_side_slices_match_the_whole_matrix(method, shape):
+    """The slices' results are the slices of the whole result: every shardable method is X p(X^T X), and
+    the Gram is the sum of the slices' Grams. Tolerance: float32 sums taken in a different order."""
+    W = make_weight(shape[-2], shape[-1], spread(min(shape[-2:]), 1.05, 0.01), seed=3,
+                    batch=shape[:-2])[0].float()
+    kw = dict(lr=0.05, weight_decay=0.1, max_update_norm=0.06)
+    want = C.apply(W, method, 1.0, **kw)
+    got = run_on_slices(W, method, 3, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_shards_are_refused_for_whole_matrix_methods_and_bad_lengths():
+    W = torch.randn(32, 8)
+    with pytest.raises(ValueError, match="svd_cap.*whole matrices"):
+        C.apply(W, "svd_cap", 1.0, shards=C.LongSideShards(length=64, reduce=lambda t: t))
+    with pytest.raises(ValueError, match="length"):
+        C.apply(W, "soft_cap", 1.0, max_update_norm=0.06, shards=C.LongSideShards(length=16, reduce=lambda t: t))
+
+
+def test_properties_describe_every_method_once():
+    assert C.PROPERTIES.keys() == C.METHODS.keys()
+    assert {m for m, i in C.PROPERTIES.items() if i.decays} == {"weight_decay", "spectral_weight_decay"}
+    assert {m for m, i in C.PROPERTIES.items() if i.coupled} == {"soft_cap"}
+    assert all(i.exact <= i.caps for i in C.PROPERTIES.values())  # exact only says how a cap holds
+    with pytest.raises(AttributeError):
+        C.PROPERTIES["soft_cap"].coupled = False  # frozen: one record, not a copy to edit
