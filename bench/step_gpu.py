@@ -102,7 +102,7 @@ def split_step(flags: list[str], steps: int, warmup: int, device: torch.device) 
     import train_gpt as tg
     from muon import Muon
 
-    hp = tg.Hyperparameters.from_args(flags)
+    hp = tg.Hyperparameters.from_args(flags + [f"--num_iterations={warmup + steps + 1}"])  # lr schedule in range
     hp.vocab_size = tg.read_vocab_size(hp)
     amp, dtype = tg.autocast_for(hp, device)
     model = tg.make_model(hp).to(device)
@@ -165,8 +165,8 @@ def device_name(cpu: bool) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gpus", default="", help="comma-separated process counts (default: 1 and all GPUs)")
-    ap.add_argument("--steps", type=int, default=30, help="train_gpt.py --num_iterations of each run")
-    ap.add_argument("--split_steps", type=int, default=5, help="timed steps of the in-process split")
+    ap.add_argument("--steps", type=int, default=30, help="train_gpt.py --num_iterations of each run (0: no runs)")
+    ap.add_argument("--split_steps", type=int, default=5, help="timed steps of the in-process split (0: no split)")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
     ap.add_argument("--data_dir", default="", help="where the synthetic shards go (default: a temp dir)")
     ap.add_argument("--cpu-smoke", dest="cpu_smoke", action="store_true",
@@ -192,16 +192,17 @@ def main(argv: list[str]) -> int:
     else:  # 2M val and 20M train tokens, as in the H100 baseline measurements
         train_glob, val_glob = write_synthetic_shards(data_dir, GPT2_VOCAB, 20_000_000, 2_000_000)
         base = [f"--vocab_size={GPT2_VOCAB}", "--val_tokens=393216"]
-    base += [f"--train_files={train_glob}", f"--val_files={val_glob}", f"--num_iterations={args.steps}",
-             f"--val_every={args.steps}", "--log_every=1"] + extra
+    steps = max(1, args.steps)
+    base += [f"--train_files={train_glob}", f"--val_files={val_glob}", f"--num_iterations={steps}",
+             f"--val_every={steps}", "--log_every=1"] + extra
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cpu:
         env.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // max(counts))))
     print(f"device: {device_name(cpu)}; torch {torch.__version__}; {args.steps} steps per run; "
           f"flags: {' '.join(base)}", flush=True)
-    print(f"{'procs':>5} {'run':<20} {'ms/step':>9} {'peak MiB':>9} {'vs soft_cap':>11}", flush=True)
+    print(f"{'procs':>5} {'run':<20} {'ms/step':>9} {'peak MiB':>9} {'vs soft_cap':>11}   (logs: {tmp}/logs)", flush=True)
     results = {}
-    for n in counts:
+    for n in counts if args.steps > 0 else []:
         for label in runs:
             r = launch(n, base + RUNS[label], os.path.join(tmp, "logs"), f"{label.replace('/', '-')}-{n}", env)
             results[(n, label)] = r
@@ -209,6 +210,8 @@ def main(argv: list[str]) -> int:
             ratio = f"{r['step_avg_ms'] / ref:11.3f}" if ref and r["step_avg_ms"] else f"{'':11}"
             peak = "n/a" if r["peak_mib"] is None else str(r["peak_mib"])
             print(f"{n:>5} {label:<20} {r['step_avg_ms']:>9.1f} {peak:>9} {ratio}", flush=True)
+    if args.split_steps <= 0:
+        return 0
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     if not cpu:
         torch.cuda.set_device(device)
@@ -222,7 +225,6 @@ def main(argv: list[str]) -> int:
         torch._dynamo.reset()  # drop this run's compiled graphs before the next
         if not cpu:
             torch.cuda.empty_cache()
-    print(f"logs: {os.path.join(tmp, 'logs')}")
     return 0
 
 
