@@ -603,3 +603,39 @@ def test_properties_describe_every_method_once():
     assert all(i.exact <= i.caps for i in C.PROPERTIES.values())  # exact only says how a cap holds
     with pytest.raises(AttributeError):
         C.PROPERTIES["soft_cap"].coupled = False  # frozen: one record, not a copy to edit
+
+
+# ------------------------------------------------------------------------------------------------
+# the per-shape dispatch: measured once per key on CUDA, never on CPU
+
+def test_cpu_tensors_never_take_the_measured_dispatch():
+    assert C._ops_for(torch.zeros(2, 3, 3)) is C._TorchOps
+
+
+@triton_only
+def test_measured_dispatch_picks_the_faster_path_once_per_key_and_skips_a_failing_kernel(monkeypatch):
+    """_measured's choice logic on CPU tensors (the Triton side runs under the interpreter), with the
+    timer replaced by fixed numbers: no wall clock in tests."""
+    monkeypatch.setattr(C, "DISPATCH_CHOICES", {})
+    timed = []
+
+    def fake_ms(fn, reps=5):
+        timed.append(fn)
+        fn()                                    # as the real timer does: a kernel that fails, fails here
+        return 1.0 if len(timed) % 2 else 2.0   # the first timed (Triton) is the faster
+    monkeypatch.setattr(C, "_median_ms", fake_ms)
+    X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)
+    torch.testing.assert_close(got, C.torch_sym_mm(X.mT, X.mT), rtol=1e-5, atol=1e-4)
+    assert len(timed) == 2 and list(C.DISPATCH_CHOICES.values()) == ["triton"]   # measured once, cached
+    C._MeasuredOps.sym_mm(X, X)                        # another shape: another key, measured again
+    assert len(timed) == 4 and len(C.DISPATCH_CHOICES) == 2
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel does not build")
+    monkeypatch.setattr(C._TritonOps, "mm_add", staticmethod(broken))
+    P = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(1))
+    out = C._MeasuredOps.mm_add(X, P, beta=0.5, R=X)
+    torch.testing.assert_close(out, C.torch_mm_add(X, P, beta=0.5, R=X))
+    assert [v for k, v in C.DISPATCH_CHOICES.items() if k[0] == "mm_add"] == ["torch"]
