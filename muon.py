@@ -188,6 +188,7 @@ class Muon(torch.optim.Optimizer):
                                ("safety", group["safety"] >= 1, ">= 1")]:
             if not ok:
                 raise ValueError(f"Muon: {name}={group[name]!r} is invalid; it must be {need}.")
+        self._check_soft_cap_coupling(group)  # the schedule only lowers lr: the first step is the hardest
         super().add_param_group(param_group)
 
     @torch.no_grad()

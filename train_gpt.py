@@ -622,11 +622,15 @@ def make_optimizers(model: GPT, hp: Hyperparameters) -> list[torch.optim.Optimiz
                                    dict(params=[model.embed.weight], weight_decay=hp.weight_decay)],
                                   lr=hp.adamw_lr, betas=(0.9, 0.95))]
     hidden = [p for n, p in matrices(model) if param_kind(n) != "lm_head"]
-    muon = Muon([
-        dict(params=hidden, lr=hp.muon_lr, w_max=hp.w_max),
-        dict(params=[model.lm_head.weight], lr=hp.lm_head_lr, w_max=hp.lm_head_w_max),
-    ], lr=hp.muon_lr, momentum=0.95, nesterov=True, weight_decay=hp.weight_decay,
-        constraint=hp.constraint, orthogonalizer=hp.orthogonalizer)
+    try:  # Muon checks the soft cap's coupling (lr vs cap) here, before step 0
+        muon = Muon([
+            dict(params=hidden, lr=hp.muon_lr, w_max=hp.w_max),
+            dict(params=[model.lm_head.weight], lr=hp.lm_head_lr, w_max=hp.lm_head_w_max),
+        ], lr=hp.muon_lr, momentum=0.95, nesterov=True, weight_decay=hp.weight_decay,
+            constraint=hp.constraint, orthogonalizer=hp.orthogonalizer)
+    except ValueError as e:
+        raise ValueError(f"--muon_lr={hp.muon_lr}/--w_max={hp.w_max}, --lm_head_lr={hp.lm_head_lr}/"
+                         f"--lm_head_w_max={hp.lm_head_w_max}: {e}") from None
     adam = torch.optim.Adam([model.embed.weight], lr=hp.embed_lr, betas=(0.8, 0.95), eps=1e-10)
     return [muon, adam]
 
@@ -838,6 +842,7 @@ def log_validation(log: Logger, model: GPT, hp: Hyperparameters, step: int, val_
     report = lipschitz.bound_report(model)
     log(f"{head} lipschitz_bound_log10:{report['log10_bound']:.4f} lipschitz_bound:{report['bound']:.6g} "
         f"lipschitz_bound_tight_log10:{report['log10_bound_tight']:.4f} "
+        f"lipschitz_bound_sharp_log10:{report['log10_bound_sharp']:.4f} "
         f"lipschitz_bound_paper_literal_log10:{report['log10_bound_paper_literal']:.4f}")
     norms = weight_norms(model)
     log(f"{head} max_weight_norm " + " ".join(f"{k}:{v:.4f}" for k, v in norms.items()))
@@ -1057,7 +1062,7 @@ def main(argv: list[str] | None = None) -> dict:
                 summary = dict(step=step, val_loss=val_loss, val_acc=val_acc)
                 if rank == 0:
                     report = log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
-                    summary["log10_bound"] = report["log10_bound"]
+                    summary["log10_bound"] = report["log10_bound_sharp"]  # the tightest certified bound
             if step > start_step and (last or want_ckpt or (hp.checkpoint_every and step % hp.checkpoint_every == 0)):
                 if not weights_finite(model):  # identical weights on every rank, so every rank stops here
                     raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "

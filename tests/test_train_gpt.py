@@ -240,6 +240,12 @@ def test_bad_combinations_fail_before_step_0(args, flag):
         tg.Hyperparameters.from_args(["--preset=smoke", *args])
 
 
+def test_soft_cap_coupling_is_checked_before_step_0(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tg, "train_step", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"^--muon_lr=5.0/--w_max=1.0.*no monotone soft cap"):
+        tg.main(smoke_args(shards, tmp_path, "--muon_lr=5"))
+
+
 def test_make_model_refuses_vocab_size_0():
     with pytest.raises(ValueError, match="vocab_size=0"):
         tg.make_model(tg.Hyperparameters.from_preset("smoke"))
