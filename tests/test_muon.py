@@ -200,8 +200,11 @@ def test_constraint_is_applied_after_the_update_and_decay_once(method):
 
 def test_soft_cap_lr_too_large_for_w_max_fails_before_any_weight_changes():
     ps = [torch.nn.Parameter(torch.randn(8, 8)) for _ in range(2)]
+    with pytest.raises(ValueError, match="w_max"):  # at construction: before any training
+        Muon([dict(params=ps[:1]), dict(params=ps[1:], lr=1.0)], lr=0.05, constraint="soft_cap", w_max=1.0)
     before = [p.detach().clone() for p in ps]
-    opt = Muon([dict(params=ps[:1]), dict(params=ps[1:], lr=1.0)], lr=0.05, constraint="soft_cap", w_max=1.0)
+    opt = Muon([dict(params=ps[:1]), dict(params=ps[1:])], lr=0.05, constraint="soft_cap", w_max=1.0)
+    opt.param_groups[1]["lr"] = 1.0  # a schedule that raises lr past the coupling: refused in step
     for p in ps:
         p.grad = torch.randn(8, 8)
     with pytest.raises(ValueError, match="w_max"):
