@@ -2,15 +2,16 @@
 # The gap screen: the paper's Shakespeare model at soft cap w_max 2, 200 steps on a CPU, one change per run
 # against the base run (which is, flag for flag, softcap-w2-s0 of records/2026-11-22-shakespeare-cpu).
 #   bash records/2026-11-22-shakespeare-h100/gap-screen/run.sh [NAME ...]     (from any directory)
-# NAME: base char65 linsched nozeroinit mass5 embnorm reshalf (default: all). Runs marked "100" stop after
-# 100 steps (--max_steps_this_run; the lr schedule is the 200-step one) and compare with base at step 100.
+# NAME: base char65 linsched nozeroinit mass5 embnorm reshalf base-s1 nozeroinit-s1 (default: all). mass5,
+# embnorm and reshalf stop after 100 steps (--max_steps_this_run; the lr schedule is the 200-step one) and
+# compare with base at step 100. (nozeroinit-s0 was run as 100 steps plus a --resume for the other 100.)
 # JOBS (default 2) runs go in parallel, each on one thread. The flags lr_final_frac, zero_init_out,
 # blocks_mass, embed_grad_norm_max and residual_lr_decay are this record's additions to train_gpt.py.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 HERE=records/2026-11-22-shakespeare-h100/gap-screen
 JOBS=${JOBS:-2}
-NAMES=${*:-base char65 linsched nozeroinit mass5 embnorm reshalf}
+NAMES=${*:-base char65 linsched nozeroinit mass5 embnorm reshalf base-s1 nozeroinit-s1}
 TXT=../shared/data/tinyshakespeare.txt
 [ -f "$TXT" ] || { TXT=data/tinyshakespeare/input.txt; [ -f "$TXT" ] || python data/tinyshakespeare.py --out "$TXT"; }
 [ -f /tmp/gap-byte/meta.json ] || python data/shakespeare.py --input "$TXT" --out /tmp/gap-byte
@@ -20,10 +21,10 @@ COMMON=(--preset=shakespeare --num_iterations=200 --val_every=50 --log_every=25 
         --checkpoint_dir=/tmp/gap-ckpt)
 flags() {  # data set and flags of one named run
   case "$1" in
-    base)       echo "byte" ;;
+    base|base-s1) echo "byte" ;;
     char65)     echo "char" ;;
     linsched)   echo "byte --cooldown_frac=1 --lr_final_frac=0" ;;
-    nozeroinit) echo "byte --zero_init_out=0 --max_steps_this_run=100" ;;
+    nozeroinit|nozeroinit-s1) echo "byte --zero_init_out=0" ;;
     mass5)      echo "byte --blocks_mass=5 --max_steps_this_run=100" ;;
     embnorm)    echo "byte --embed_grad_norm_max=10 --max_steps_this_run=100" ;;
     reshalf)    echo "byte --residual_lr_decay=0.5 --max_steps_this_run=100" ;;
@@ -33,9 +34,10 @@ flags() {  # data set and flags of one named run
 for name in $NAMES; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   read -r data extra <<< "$(flags "$name")"
+  seed=0; case "$name" in *-s1) seed=1; name=${name%-s1} ;; esac
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=1 python train_gpt.py "${COMMON[@]}" --train_files="/tmp/gap-$data/*train*.bin" \
-    --val_files="/tmp/gap-$data/*val*.bin" --run_id="$name-s0" $extra > "/tmp/gap-$name.out" 2>&1 \
+    --val_files="/tmp/gap-$data/*val*.bin" --seed="${seed}" --run_id="$name-s$seed" $extra > "/tmp/gap-$name-s$seed.out" 2>&1 \
     || echo "run $name exited with $?" &
 done
 wait
