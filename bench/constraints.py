@@ -137,6 +137,16 @@ def kernel_table(stacks, reps, device):
     print(f"dispatch after the runs above: {chosen} (op, shape, dtype) keys chose triton/torch")
 
 
+def table_row(label: str, t: dict, methods: list[str], loop: bool) -> str:
+    """One row of table 1 from ms timings t: msign, then each method with its ratio to msign (and loop/stack)."""
+    row = f"{label:28s} {t['msign']:9.1f}"
+    for meth in methods:
+        row += f" {t[meth]:18.1f} {t[meth] / t['msign']:7.2f}"
+        if loop:
+            row += f" {t[meth + ' loop'] / t[meth]:10.2f}"
+    return row + (f" {t['naive'] / t['soft_cap']:14.2f}" if "naive" in t else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -178,22 +188,10 @@ def main():
             t.setdefault(meth + " loop", t[meth])
         for key, v in t.items():
             total[key] = total.get(key, 0.0) + v
-        row = f"{f'{count} x {m}x{n} {name}':28s} {t['msign']:9.1f}"
-        for meth in methods:
-            row += f" {t[meth]:18.1f} {t[meth] / t['msign']:7.2f}"
-            if args.loop:
-                row += f" {t[meth + ' loop'] / t[meth]:10.2f}"
-        row += f" {t['naive'] / t['soft_cap']:14.2f}" if "naive" in t else ""
-        print(row, flush=True)
+        print(table_row(f"{count} x {m}x{n} {name}", t, methods, args.loop), flush=True)
         del W
     print("-" * len(hdr))
-    row = f"{'GPT-2 small step (sum)':28s} {total['msign']:9.1f}"
-    for meth in methods:
-        row += f" {total[meth]:18.1f} {total[meth] / total['msign']:7.2f}"
-        if args.loop:
-            row += f" {total[meth + ' loop'] / total[meth]:10.2f}"
-    row += f" {total['naive'] / total['soft_cap']:14.2f}" if "naive" in total else ""
-    print(row)
+    print(table_row("GPT-2 small step (sum)", total, methods, args.loop))
     targets = dict(soft_cap=0.35, spectral_normalize=1.0, hard_cap=3.0)
     print("targets (method / msign per step): " + ", ".join(
         f"{m} <= {targets[m]} -> {total[m] / total['msign']:.2f}" for m in methods if m in targets))

@@ -40,11 +40,20 @@ def setup(hp):
 
 
 def main(argv):
-    args = dict(a[2:].split("=", 1) for a in argv)
-    steps = int(args.pop("steps", 6))
-    args.setdefault("preset", "shakespeare")
-    args.setdefault("dtype", "auto")
-    hp = tg.Hyperparameters.from_args([f"--{k}={v}" for k, v in args.items()])
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip())
+        return
+    steps = [a for a in argv if a.startswith("--steps=")]
+    rest = [a for a in argv if not a.startswith("--steps=")]
+    try:
+        steps = int(steps[-1].split("=", 1)[1]) if steps else 6
+    except ValueError:
+        raise ValueError(f"{steps[-1]}: use a whole number of steps, e.g. --steps=6") from None
+    if steps < 1:
+        raise ValueError(f"--steps={steps} must be >= 1")
+    if not any(a.startswith("--preset=") for a in rest):
+        rest.insert(0, "--preset=shakespeare")
+    hp = tg.Hyperparameters.from_args(rest)
     hp.vocab_size = tg.read_vocab_size(hp)
     hp_none = tg.Hyperparameters(**{**hp.__dict__, "constraint": "none"})
     train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
@@ -75,4 +84,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

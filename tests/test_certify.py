@@ -10,12 +10,7 @@ import train_gpt as tg
 from tools import certify
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 def small_model(arch="lipschitz"):

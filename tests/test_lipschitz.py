@@ -20,13 +20,7 @@ TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 REL = 1e-9  # float64 rounding slack for bounds that are attained
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and leave the other core to other test files)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: fastest on one thread
 
 
 def make_hp(n_layer=1, d_model=32, n_head=2, s=8.0, fls=1.0, emb_w_max=1.0, seq_len=16, **kw):

@@ -112,26 +112,15 @@ def comparison_lines(rep: dict) -> list[str]:
     return lines
 
 
-def positive_int(flag: str):
+def int_at_least(flag: str, low: int):
+    """argparse type: a whole number >= low, else a one-line UsageError naming the flag."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= 1") from None
-        if value < 1:
-            raise UsageError(f"{flag}={value}: must be >= 1")
-        return value
-    return parse
-
-
-def non_negative_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= 0") from None
-        if value < 0:
-            raise UsageError(f"{flag}={value}: must be >= 0")
+            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= {low}") from None
+        if value < low:
+            raise UsageError(f"{flag}={value}: must be >= {low}")
         return value
     return parse
 
@@ -144,11 +133,11 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--restarts", type=positive_int("--restarts"), default=5, help="search restarts (each a batch)")
-    ap.add_argument("--steps", type=positive_int("--steps"), default=200, help="gradient-ascent steps per restart")
-    ap.add_argument("--seq_len", type=positive_int("--seq_len"), default=16, help="tokens per searched sequence")
-    ap.add_argument("--batch", type=positive_int("--batch"), default=4, help="pairs optimized together per restart")
-    ap.add_argument("--seed", type=non_negative_int("--seed"), default=0)
+    ap.add_argument("--restarts", type=int_at_least("--restarts", 1), default=5, help="search restarts (each a batch)")
+    ap.add_argument("--steps", type=int_at_least("--steps", 1), default=200, help="gradient-ascent steps per restart")
+    ap.add_argument("--seq_len", type=int_at_least("--seq_len", 1), default=16, help="tokens per searched sequence")
+    ap.add_argument("--batch", type=int_at_least("--batch", 1), default=4, help="pairs optimized together per restart")
+    ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
     try:
         return ap.parse_args(argv)
     except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
