@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # ----------------------------------------------------------------------------------------------
-# Constants (numbers from REFERENCE.md)
+# Constants (from the papers and projects named beside each)
 
 # modded-nanogpt's five Newton-Schulz quintic steps X <- a X + (b A + c A^2) X, A = X X^T.
 FORK_NS_COEFFS = (
