@@ -200,9 +200,9 @@ def validate(hp: Hyperparameters) -> None:
             raise ValueError(f"--{key}={getattr(hp, key)} must be {need}")
     if hp.window_max and hp.window_min > hp.window_max:
         raise ValueError(f"--window_min={hp.window_min} exceeds --window_max={hp.window_max}")
-    if not 0 < hp.vocab_size < 2 ** 16 and hp.vocab_size != 0:
+    if hp.vocab_size >= 2 ** 16:
         raise ValueError(f"--vocab_size={hp.vocab_size}: shards hold uint16 tokens, so it must be < 65536")
-    if hp.bos_token >= max(hp.vocab_size, 1) and hp.vocab_size:
+    if hp.vocab_size and hp.bos_token >= hp.vocab_size:
         raise ValueError(f"--bos_token={hp.bos_token} is not a token of a vocab of {hp.vocab_size}; use -1 for none")
     if hp.optimizer == "adamw" and constraints.PROPERTIES[hp.constraint].coupled:
         raise ValueError(f"--constraint={hp.constraint} is coupled to Muon's bounded update and caps nothing "
@@ -639,7 +639,9 @@ class RowNormalizedSGD(torch.optim.Optimizer):
             for p in g["params"]:
                 if p.grad is None:
                     continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                buf = self.state[p]["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - g["momentum"])
                 rms = buf.square().mean(-1, keepdim=True).sqrt()
                 floor = rms.amax() / g["max_inflation"]
@@ -757,9 +759,11 @@ def all_reduce_grads(model: nn.Module, world: int):
 
 
 def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
+    """Sums of host numbers over ranks (no device round trip in a single process)."""
+    if world == 1:
+        return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(t)
+    dist.all_reduce(t)
     return t.tolist()
 
 
@@ -782,19 +786,19 @@ def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, dev
     eval_sums = eval_sums or model.eval_sums
     n_seq = val_sequence_count(hp, val)
     mine = range(rank * n_seq // world, (rank + 1) * n_seq // world)  # shares may differ by one
-    sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, tokens
+    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct
+    count = 0
     stats = torch.zeros(hp.n_layer, 2, device=device, dtype=torch.float32)
     for i in range(0, len(mine), hp.micro_batch_size):
         x, y = token_batch(val, [s * hp.seq_len for s in mine[i:i + hp.micro_batch_size]], hp.seq_len, device)
         with amp:
             loss_sum, correct, layer_stats = eval_sums(x, y, AttentionMask(x, hp.bos_token, window))
-        sums += torch.stack((loss_sum.double(), correct.double(), torch.tensor(float(y.numel()), device=device,
-                                                                              dtype=torch.float64)))
+        sums += torch.stack((loss_sum.double(), correct.double()))
+        count += y.numel()
         stats = torch.maximum(stats, layer_stats.float())
     if world > 1:
-        dist.all_reduce(sums)
         dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-    loss_sum, correct, count = sums.tolist()
+    loss_sum, correct, count = all_reduce_sum(sums.tolist() + [count], world, device)
     return loss_sum / count, correct / count, stats.tolist()
 
 
