@@ -593,18 +593,40 @@ def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, rank: int
         yield token_batch(stream, mine[i:i + micro], hp.seq_len, device)
 
 
-def read_vocab_size(hp: Hyperparameters) -> int:
-    """vocab_size from meta.json beside the training shards, when not given."""
-    if hp.vocab_size > 0:
-        return hp.vocab_size
+def shards_meta(hp: Hyperparameters) -> dict:
+    """meta.json beside the training shards ({} when there is none, as for FineWeb)."""
     files = sorted(glob.glob(os.path.join(ROOT, hp.train_files)))
     if not files:
         raise FileNotFoundError(f"no training shards match {hp.train_files!r}. {data_hint(hp.train_files)}")
     meta = os.path.join(os.path.dirname(files[0]), "meta.json")
     if not os.path.exists(meta):
-        raise FileNotFoundError(f"{meta} is missing: pass --vocab_size= or rebuild the shards")
+        return {}
     with open(meta) as f:
-        return int(json.load(f)["vocab_size"])
+        return json.load(f)
+
+
+def read_vocab_size(hp: Hyperparameters) -> int:
+    """vocab_size from meta.json beside the training shards, when not given."""
+    if hp.vocab_size > 0:
+        return hp.vocab_size
+    meta = shards_meta(hp)
+    if "vocab_size" not in meta:
+        raise FileNotFoundError(f"no meta.json with a vocab_size beside {hp.train_files!r}: pass --vocab_size= "
+                                f"or rebuild the shards")
+    return int(meta["vocab_size"])
+
+
+GPT2_VOCAB = 50257
+
+
+def tokenizer_record(hp: Hyperparameters) -> dict:
+    """How the run's tokens decode, kept in every checkpoint so tools/sample.py needs no data folder:
+    {"tokenizer": "byte" | "char" | "gpt2", "vocab_size": V, "chars": [...] (char only)}, or {} if unknown.
+    Shards without meta.json and a vocab of 50257 are GPT-2 (FineWeb)."""
+    meta = shards_meta(hp)
+    if meta.get("tokenizer"):
+        return {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
+    return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB} if hp.vocab_size == GPT2_VOCAB else {}
 
 
 def window_size(hp: Hyperparameters, step: int) -> int:
@@ -929,12 +951,13 @@ CHECKPOINT_KEYS = ("step", "train_ms", "hp", "model", "optimizers", "rng")
 
 
 def save_checkpoint(path: str, model, optimizers, hp: Hyperparameters, step: int, train_ms: float,
-                    summary: dict | None = None):
-    """Rank 0's view: model, optimizer states, step (which fixes the loader position), RNG, and the last
-    validation's numbers (`summary`) so a finished run can report them without a model."""
+                    summary: dict | None = None, tokenizer: dict | None = None):
+    """Rank 0's view: model, optimizer states, step (which fixes the loader position), RNG, the last
+    validation's numbers (`summary`) so a finished run can report them without a model, and how its tokens
+    decode (`tokenizer`, see tokenizer_record) so samples need no data folder."""
     state = dict(step=step, train_ms=train_ms, hp=dataclasses.asdict(hp), model=model.state_dict(),
                  optimizers=[opt.state_dict() for opt in optimizers], rng=torch.get_rng_state(),
-                 summary=dict(summary or {}))
+                 summary=dict(summary or {}), tokenizer=dict(tokenizer or {}))
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -957,6 +980,52 @@ def read_checkpoint(path: str, flag: str = "") -> dict:
     if missing:
         raise ValueError(f"{name}: not a checkpoint of train_gpt.py (it lacks {', '.join(missing)})")
     return state
+
+
+# Fields older checkpoints may carry that this script no longer has, with the value that meant "off".
+RETIRED_FIELDS = {}
+
+
+def hp_from_checkpoint(saved: dict, path: str) -> Hyperparameters:
+    """The Hyperparameters of a checkpoint's `hp` dict; retired fields at their "off" value are dropped."""
+    saved = dict(saved)
+    for key, off in RETIRED_FIELDS.items():
+        if key in saved and saved.pop(key) != off:
+            raise ValueError(f"{path}: trained with --{key}, which this train_gpt.py no longer has (the log of "
+                             f"that run holds the source that trained it)")
+    try:
+        return Hyperparameters(**saved)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its hyperparameters do not fit this train_gpt.py ({' '.join(str(e).split())})"
+                         ) from None
+
+
+def model_from_checkpoint(path: str, flag: str = "") -> tuple[GPT, dict]:
+    """(model in eval mode on the CPU, checkpoint dict) for a file save_checkpoint wrote; one-line
+    FileNotFoundError/ValueError naming the file otherwise."""
+    state = read_checkpoint(path, flag)
+    model = make_model(hp_from_checkpoint(state["hp"], path))
+    problem = state_dict_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise ValueError(f"{path}: its weights do not fit the model its hyperparameters describe ({problem})")
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def state_dict_mismatch(want: dict, got: dict) -> str:
+    """'' when `got` has exactly the keys and shapes of `want`, else a short description of the difference."""
+    if not isinstance(got, dict):
+        return f"the weights are a {type(got).__name__}, not a dict of tensors"
+    parts = []
+    for label, names in (("missing", [k for k in want if k not in got]),
+                         ("unexpected", [k for k in got if k not in want]),
+                         ("wrong shape", [f"{k} {tuple(getattr(got[k], 'shape', ()))} != {tuple(want[k].shape)}"
+                                          for k in want if k in got
+                                          and tuple(getattr(got[k], "shape", ())) != tuple(want[k].shape)])):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{label}: {', '.join(names[:3])}{more}")
+    return "; ".join(parts)
 
 
 # Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
@@ -1055,6 +1124,7 @@ def main(argv: list[str] | None = None) -> dict:
     for flag in ("log_dir", "checkpoint_dir"):
         ensure_writable_dir(getattr(hp, flag), flag)
     hp.vocab_size = read_vocab_size(hp)
+    tokenizer = tokenizer_record(hp)
     saved = read_checkpoint(hp.resume, "--resume") if hp.resume else None
     if saved is not None:
         hp.run_id = hp.run_id or saved["hp"]["run_id"]  # continue the same log and checkpoint
@@ -1123,7 +1193,7 @@ def main(argv: list[str] | None = None) -> dict:
                     raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "
                                              f"overwriting the last good checkpoint {ckpt_path}")
                 if rank == 0:
-                    save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms, summary)
+                    save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms, summary, tokenizer)
                 last_ckpt = time.monotonic()
             if last:
                 break

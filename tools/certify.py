@@ -29,35 +29,9 @@ class UsageError(Exception):
 
 
 def load_model(path: str) -> tuple[tg.GPT, dict]:
-    """Rebuild the model saved by train_gpt.save_checkpoint; -> (model in eval mode, checkpoint dict).
-    Raises FileNotFoundError / ValueError with one line naming the file and the problem."""
-    state = tg.read_checkpoint(path)
-    try:
-        hp = tg.Hyperparameters(**state["hp"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its hyperparameters do not fit this train_gpt.py ({one_line(e)})") from None
-    model = tg.make_model(hp)
-    problem = state_dict_mismatch(model.state_dict(), state["model"])
-    if problem:
-        raise ValueError(f"{path}: its weights do not fit the model its hyperparameters describe ({problem})")
-    model.load_state_dict(state["model"])
-    return model.eval(), state
-
-
-def state_dict_mismatch(want: dict, got: dict) -> str:
-    """'' when `got` has exactly the keys and shapes of `want`, else a short description of the difference."""
-    if not isinstance(got, dict):
-        return f"the weights are a {type(got).__name__}, not a dict of tensors"
-    parts = []
-    for label, names in (("missing", [k for k in want if k not in got]),
-                         ("unexpected", [k for k in got if k not in want]),
-                         ("wrong shape", [f"{k} {tuple(getattr(got[k], 'shape', ()))} != {tuple(want[k].shape)}"
-                                          for k in want if k in got
-                                          and tuple(getattr(got[k], "shape", ())) != tuple(want[k].shape)])):
-        if names:
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            parts.append(f"{label}: {', '.join(names[:3])}{more}")
-    return "; ".join(parts)
+    """The model saved by train_gpt.save_checkpoint, in eval mode, and the checkpoint dict
+    (train_gpt.model_from_checkpoint)."""
+    return tg.model_from_checkpoint(path)
 
 
 def one_line(e: Exception) -> str:
