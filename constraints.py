@@ -28,12 +28,14 @@ matrix's long side and sum the Grams across slices (LongSideShards): Muon splits
 The products (Gram, small polynomial, final product with a fused `beta * R + alpha * A @ B` epilogue)
 go through one dispatch point, `_ops_for`: on CUDA with triton, per shape the faster of two Triton
 kernels (a symmetric product computing one triangle of blocks, exactly symmetric; the fused epilogue)
-and cuBLAS, measured on first use and cached in DISPATCH_CHOICES; elsewhere torch ops. The caps compute
+and cuBLAS, measured (agreement, then speed) in an untimed warm-up under measuring_dispatch() and cached in
+DISPATCH_CHOICES (shared by all ranks); elsewhere torch ops. The caps compute
 in float32 for bf16/fp16 weights (the soft cap must hold to 1e-2 over thousands of steps in bf16);
 Muon's msign runs in the dtype it is given (bf16 on GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -56,6 +58,7 @@ __all__ = [
     "FORK_NS_COEFFS", "FORK_MAX_SINGULAR_VALUE", "POLAR_EXPRESS_COEFFS", "HARD_CAP_POLY_COEFFS",
     "HAVE_TRITON", "triton_sym_mm", "triton_mm_add", "torch_sym_mm", "torch_mm_add",
     "PROPERTIES", "MethodInfo", "LongSideShards", "DISPATCH_CHOICES", "SPECTRAL_UNDERSHOOT",
+    "measuring_dispatch", "share_dispatch_choices", "merge_dispatch_choices", "dispatch_summary",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -293,8 +296,8 @@ class _TritonOps:
     mm_add = staticmethod(triton_mm_add)
 
 
-def _median_ms(fn, reps: int = 5) -> float:
-    """Median CUDA-event time of fn() over `reps` runs after one warm-up (synchronizes: first use only)."""
+def _median_ms(fn, reps: int = 10) -> float:
+    """Median CUDA-event time of fn() over `reps` runs after one warm-up (synchronizes: measuring only)."""
     fn()
     times = []
     for _ in range(reps):
@@ -307,28 +310,95 @@ def _median_ms(fn, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-# (op, shapes, strides, dtypes, epilogue) -> "triton" or "torch": measured once per key, then reused.
+# (op, shapes, strides, dtypes, epilogue) -> "triton" or "torch". Keys are measured only inside
+# measuring_dispatch() (train_gpt's untimed warm-up); outside it an unseen key runs on torch (cuBLAS), with no
+# timing and no host sync, so a timed step never measures. DISPATCH_MISMATCHES: keys whose Triton result
+# disagreed with torch's (never chosen), with the relative difference found.
 DISPATCH_CHOICES: dict = {}
+DISPATCH_MISMATCHES: dict = {}
+_MEASURING = [False]
+
+# Largest relative difference max|triton - torch| / max|torch| that counts as agreement, by output dtype: a few
+# units of the output's rounding (bf16 keeps 8 bits; float32 products of K terms differ by ~sqrt(K) ulps).
+AGREEMENT_RTOL = {torch.bfloat16: 3e-2, torch.float16: 4e-3, torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+@contextlib.contextmanager
+def measuring_dispatch():
+    """Within this block, the first call of each CUDA product key runs both Triton and torch, checks that
+    they agree (AGREEMENT_RTOL) and times both (host syncs: use it in a warm-up, not a timed step)."""
+    before, _MEASURING[0] = _MEASURING[0], True
+    try:
+        yield
+    finally:
+        _MEASURING[0] = before
+
+
+def relative_difference(got: Tensor, want: Tensor) -> float:
+    """max |got - want| / max |want| (inf if either has a non-finite entry)."""
+    diff = (got.float() - want.float()).abs().amax()
+    scale = want.float().abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+    value = float(diff / scale)
+    return value if math.isfinite(value) else math.inf
+
+
+def _measure_choice(key, triton_call, torch_call) -> str:
+    """"triton" when the Triton kernel builds, agrees with torch for this key and is faster; else "torch"."""
+    want = torch_call()
+    try:
+        gap = relative_difference(triton_call(), want)
+    except Exception:  # noqa: BLE001 - a kernel that does not build for this shape/dtype loses
+        return "torch"
+    if gap > AGREEMENT_RTOL.get(want.dtype, 1e-4):
+        DISPATCH_MISMATCHES[key] = gap
+        return "torch"
+    return "triton" if _median_ms(triton_call) < _median_ms(torch_call) else "torch"
 
 
 def _measured(op: str, A: Tensor, B: Tensor, extra: Tensor | None, kwargs: dict) -> Tensor:
-    """Runs `op` on whichever of the Triton kernel and torch (cuBLAS) was faster for this key when
-    first seen. The first call per key times both (a host sync, once); a kernel that fails to compile
-    is never chosen."""
+    """Runs `op` on the choice recorded for this key (torch when none was measured; see measuring_dispatch)."""
     key = (op, tuple(A.shape), A.stride(), A.dtype, tuple(B.shape), B.stride(), B.dtype,
            extra is not None, kwargs.get("out_dtype"))
     triton_fn, torch_fn = (getattr(_TritonOps, op), getattr(_TorchOps, op))
     args = (A, B, kwargs.get("alpha", 1.0), kwargs.get("beta", 0.0), extra)
+    out_dtype = kwargs.get("out_dtype")
     choice = DISPATCH_CHOICES.get(key)
-    if choice is None:
-        try:
-            t_triton = _median_ms(lambda: triton_fn(*args, out_dtype=kwargs.get("out_dtype")))
-        except Exception:  # noqa: BLE001 - a kernel that does not build for this shape/dtype loses
-            t_triton = math.inf
-        t_torch = _median_ms(lambda: torch_fn(*args, out_dtype=kwargs.get("out_dtype")))
-        choice = DISPATCH_CHOICES[key] = "triton" if t_triton < t_torch else "torch"
+    if choice is None and _MEASURING[0]:
+        choice = DISPATCH_CHOICES[key] = _measure_choice(key, lambda: triton_fn(*args, out_dtype=out_dtype),
+                                                         lambda: torch_fn(*args, out_dtype=out_dtype))
     fn = triton_fn if choice == "triton" else torch_fn
-    return fn(*args, out_dtype=kwargs.get("out_dtype"))
+    return fn(*args, out_dtype=out_dtype)
+
+
+def merge_dispatch_choices(per_rank: list[dict]) -> dict:
+    """One table for all ranks from each rank's measured choices: rank 0's choice wins for every key it
+    measured, then rank 1's, and so on (deterministic, so every rank computes the same table)."""
+    merged: dict = {}
+    for choices in reversed(per_rank):
+        merged.update(choices)
+    return merged
+
+
+def share_dispatch_choices() -> None:
+    """After the warm-up under torch.distributed: every rank adopts merge_dispatch_choices of all ranks'
+    tables, so ranks never run different kernels on the same shapes. No-op in a single process."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(DISPATCH_CHOICES))
+    merged = merge_dispatch_choices(gathered)
+    DISPATCH_CHOICES.clear()
+    DISPATCH_CHOICES.update(merged)
+
+
+def dispatch_summary() -> str:
+    """One line for the log: how many product keys chose each backend, and any Triton/torch disagreement."""
+    counts = {c: sum(v == c for v in DISPATCH_CHOICES.values()) for c in ("triton", "torch")}
+    worst = max(DISPATCH_MISMATCHES.values(), default=0.0)
+    return (f"kernel dispatch: {counts['triton']} product shapes on triton, {counts['torch']} on torch"
+            + (f"; {len(DISPATCH_MISMATCHES)} disagreed with torch (worst relative difference {worst:.2e}), "
+               f"kept on torch" if DISPATCH_MISMATCHES else ""))
 
 
 class _MeasuredOps:

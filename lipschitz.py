@@ -95,17 +95,24 @@ _LOG10 = math.log(10.0)
 # Norms and log-space helpers
 
 
+def top_eigenvalues(G: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of each symmetric matrix in G (..., n, n), float64, on the CPU. Device difference:
+    the products that form G run where the weights live (a GPU does the float64 Gram of the lm_head in
+    milliseconds); eigh itself runs on the host, where it is fast and needs no device syncs."""
+    return torch.linalg.eigvalsh(G.to("cpu", torch.float64))[..., -1]
+
+
 @torch.no_grad()
 def rms_op_norms(W: torch.Tensor) -> torch.Tensor:
-    """RMS->RMS operator norm sqrt(d_in/d_out) sigma_max of each matrix in W (..., d_out, d_in), float64.
+    """RMS->RMS operator norm sqrt(d_in/d_out) sigma_max of each matrix in W (..., d_out, d_in), float64, on
+    the CPU.
 
     Exact to float64 rounding: the top eigenvalue of the Gram matrix on the smaller side (sigma_max to
     ~1e-15 relative; ~3x faster than an SVD for the (50304, 768) lm_head). Not a power-iteration estimate,
     which can undershoot; and not constraints.rms_norm_op, whose float32 result can undercut by ~6e-8."""
     W = W.detach().to(torch.float64)
     G = W.mT @ W if W.shape[-2] >= W.shape[-1] else W @ W.mT
-    sigma = torch.linalg.eigvalsh(G)[..., -1].clamp_min(0).sqrt()
-    return sigma * math.sqrt(W.shape[-1] / W.shape[-2])
+    return top_eigenvalues(G).clamp_min(0).sqrt() * math.sqrt(W.shape[-1] / W.shape[-2])
 
 
 def head_rms_op_norms(W: torch.Tensor, n_head: int) -> list[float]:
@@ -118,7 +125,7 @@ def head_rms_op_norms(W: torch.Tensor, n_head: int) -> list[float]:
 def mixed_mlp_norm(W_fc: torch.Tensor, W_proj: torch.Tensor, alpha: float) -> float:
     """n((1-a) I + a W_proj W_fc / (2 * 1.1289)): the linear part of the MLP residual block (d, d)."""
     P = W_proj.detach().to(torch.float64) @ W_fc.detach().to(torch.float64)
-    eye = torch.eye(P.shape[0], dtype=torch.float64)
+    eye = torch.eye(P.shape[0], dtype=torch.float64, device=P.device)
     return rms_op_norms((1 - alpha) * eye + (alpha / (2 * GELU_DIVISOR)) * P).item()
 
 
@@ -326,8 +333,8 @@ def reader_bounds(block: nn.Module, history: list, log_r0: float) -> tuple[dict,
     def norms(gram):  # log RMS->RMS norms of W_Q X and of every head block of W_Q X, W_K X, W_V X, from
         G, m = gram   # the Gram matrix G = X X^T (d, d) of X (d, m): sigma(W X)^2 = lambda_max(W G W^T)
         RG = R @ G
-        whole = torch.linalg.eigvalsh(RG[:inner] @ R[:inner].mT)[-1].clamp_min(0).sqrt().item()
-        per = torch.linalg.eigvalsh(RG.reshape(heads.shape) @ heads.mT)[..., -1].clamp_min(0).sqrt()
+        whole = top_eigenvalues(RG[:inner] @ R[:inner].mT).clamp_min(0).sqrt().item()
+        per = top_eigenvalues(RG.reshape(heads.shape) @ heads.mT).clamp_min(0).sqrt()
         return [_log(whole * math.sqrt(m / inner))] + [_log(x * math.sqrt(m / heads.shape[1])) for x in per.tolist()]
 
     own = norms((torch.eye(R.shape[1], dtype=torch.float64, device=R.device), R.shape[1]))

@@ -332,6 +332,13 @@ def flex_ops(compiled: bool):
     return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
 
 
+@functools.lru_cache(maxsize=None)
+def window_tensor(window: int, device: torch.device) -> torch.Tensor:
+    """0-d int64 tensor holding `window` on `device`, made once per value: a fresh torch.tensor on CUDA is a
+    blocking host-to-device copy, which every micro-batch would otherwise pay."""
+    return torch.tensor(window, device=device)
+
+
 class AttentionMask:
     """One attention pattern for a batch, in the form the attention backend wants."""
 
@@ -340,8 +347,7 @@ class AttentionMask:
         docs = (idx == bos_token).cumsum(dim=1) if bos_token >= 0 else None
         self.causal_only = docs is None and (window <= 0 or window >= T)
         self.flex = use_flex_attention(idx.device) if flex is None else flex
-        window_t = torch.tensor(window if 0 < window < T else T, device=idx.device)
-        mask_mod = attention_mask_mod(docs, window_t)
+        mask_mod = attention_mask_mod(docs, window_tensor(window if 0 < window < T else T, idx.device))
         self.ops = flex_ops(idx.is_cuda) if self.flex else None
         if self.flex:
             self.block_mask = self.ops[0](mask_mod, B, None, T, T, device=idx.device)
@@ -375,8 +381,8 @@ class Attention(nn.Module):
     def forward(self, x, mask: AttentionMask):
         B, T, _ = x.shape
         q, k, v = (lin(x).view(B, T, self.n_head, self.head_dim) for lin in (self.q, self.k, self.v))
-        if self.arch == "speedrun":
-            q, k = rms_norm(q), rms_norm(k)  # QK norm
+        if self.arch == "speedrun":  # QK norm; CUDA autocast (torch >= 2.12) runs rms_norm in fp32, and
+            q, k = rms_norm(q).type_as(v), rms_norm(k).type_as(v)  # flex_attention needs q, k, v of one dtype
         q, k = self.rotary(q), self.rotary(k)
         y = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
@@ -826,16 +832,14 @@ def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, dev
 
 @torch.no_grad()
 def weight_norms(model: GPT) -> dict[str, float]:
-    """Max RMS->RMS norm per weight family, and the max embedding row RMS."""
-    out: dict[str, float] = {}
-    for n, p in model.named_parameters():
-        kind = param_kind(n)
-        if kind == "emb":
-            v = p.float().square().mean(-1).sqrt().max().item()
-            kind = "emb_row_rms"
-        else:
-            v = constraints.rms_norm_op(p.detach().float()).item()
-        out[kind] = max(out.get(kind, 0.0), v)
+    """Max RMS->RMS norm per weight family (exact: lipschitz.rms_op_norms of each family's stack, one host
+    transfer per family), and the max embedding row RMS."""
+    out = {"emb_row_rms": model.embed.weight.float().square().mean(-1).sqrt().max().item()}
+    families: dict[str, list[torch.Tensor]] = {}
+    for n, p in matrices(model):
+        families.setdefault(param_kind(n), []).append(p.detach())
+    for kind, ws in families.items():  # a family's matrices share one shape
+        out[kind] = lipschitz.rms_op_norms(torch.stack(ws)).max().item()
     return out
 
 
@@ -1086,6 +1090,16 @@ def train_step(model, optimizers, train, hp, step, rank, world, device, amp, los
     return total
 
 
+def host_sync_due(hp: Hyperparameters, step: int, end_step: int, world: int, host_event: bool) -> bool:
+    """Whether the trainer waits for the device after `step`: at log, validation and checkpoint steps and the
+    last step, and (single process) when a stop signal or a timed checkpoint is pending. Between them the
+    host queues steps without waiting. With several ranks, signals and timed checkpoints wait for the next
+    log step, where one reduction makes every rank agree."""
+    return (step % hp.log_every == 0 or step % hp.val_every == 0 or step >= end_step
+            or step == hp.num_iterations or bool(hp.checkpoint_every and step % hp.checkpoint_every == 0)
+            or (world == 1 and host_event))
+
+
 class StopSignals:
     """SIGINT/SIGTERM ask the loop to stop after the current step, checkpoint and exit cleanly (`received`
     holds the signal number); a second SIGINT aborts at once (KeyboardInterrupt)."""
@@ -1151,10 +1165,12 @@ def main(argv: list[str] | None = None) -> dict:
     fns = model_fns(model, compile=hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda"))
 
     warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else 0)
-    if warmup and not saved:  # compile kernels untimed, then restore the initial state
+    if warmup:  # compile kernels and measure the kernel dispatch untimed, then restore the initial state
         initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
-        for s in range(warmup):
-            train_step(model, optimizers, train, hp, s, rank, world, device, amp, fns.loss)
+        with constraints.measuring_dispatch():
+            for s in range(warmup):
+                train_step(model, optimizers, train, hp, s, rank, world, device, amp, fns.loss)
+        constraints.share_dispatch_choices()  # every rank runs the kernels rank 0 chose
         model.load_state_dict(initial["model"])
         for o, s in zip(optimizers, initial["opts"]):
             o.load_state_dict(s)
@@ -1169,6 +1185,8 @@ def main(argv: list[str] | None = None) -> dict:
             + "  (the defaults at the top of train_gpt.py are the GPU run)")
     if saved:
         log(f"resumed run {hp.run_id} from step {start_step}/{hp.num_iterations} ({hp.resume})")
+    if device.type == "cuda":
+        log(constraints.dispatch_summary())
     ckpt_path = os.path.join(hp.checkpoint_dir, f"{hp.run_id}.pt")
     end_step = hp.num_iterations if not hp.max_steps_this_run else min(
         hp.num_iterations, start_step + hp.max_steps_this_run)
@@ -1177,8 +1195,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary: dict = dict(saved.get("summary", {})) if saved else {}
     timed_steps, step = start_step, start_step  # train_ms is cumulative over resumes, and so is the count
     wall0 = last_ckpt = time.monotonic()
+    pending: list[torch.Tensor] = []  # train losses (on device) of the steps since the last host sync
     with StopSignals(announce=rank == 0) as stop:
-        want_ckpt = False
+        want_ckpt, synced = False, True
         while True:
             last = step >= end_step or stop.received
             if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
@@ -1197,24 +1216,33 @@ def main(argv: list[str] | None = None) -> dict:
                 last_ckpt = time.monotonic()
             if last:
                 break
-            t0 = time.perf_counter()
-            loss = train_step(model, optimizers, train, hp, step, rank, world, device, amp, fns.loss)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_ms += 1000 * (time.perf_counter() - t0)
+            if synced:  # the clock restarts after validation and checkpoints, which are not training time
+                t0 = time.perf_counter()
+            pending.append(train_step(model, optimizers, train, hp, step, rank, world, device, amp, fns.loss))
             timed_steps += 1
             step += 1
             due = rank == 0 and hp.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * hp.checkpoint_minutes
+            synced = host_sync_due(hp, step, end_step, world, bool(stop.received) or due)
+            if not synced:  # the host runs ahead of the device until the next log, validation or checkpoint
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            train_ms += 1000 * (time.perf_counter() - t0)
+            losses = torch.stack(pending).float()
+            pending.clear()
             # one reduction makes every rank agree on the loss, a stop signal and a timed checkpoint
-            loss_sum, stops, dues = all_reduce_sum([loss.item(), float(stop.received), float(due)], world, device)
+            loss_sum, stops, dues = all_reduce_sum([losses[-1].item(), float(stop.received), float(due)], world,
+                                                   device)
             loss_value, want_ckpt = loss_sum / world, dues > 0
             if stops and not stop.received:
                 stop.received = signal.SIGTERM  # another rank was signalled
-            if not math.isfinite(loss_value):
-                log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value}")
+            if not bool(losses.isfinite().all()):
+                first_bad = step - len(losses) + 1 + int((~losses.isfinite()).nonzero()[0])
+                log(f"step:{first_bad}/{hp.num_iterations} train_loss:{losses[first_bad - step - 1].item()}")
                 kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-                raise FloatingPointError(f"training loss became {loss_value} at step {step}; stopping ({kept}). "
-                                         f"Try a smaller learning rate or a tighter --w_max")
+                raise FloatingPointError(f"training loss became {losses[first_bad - step - 1].item()} at step "
+                                         f"{first_bad}; stopping ({kept}). Try a smaller learning rate or a tighter "
+                                         f"--w_max")
             if step % hp.log_every == 0 or step == end_step:
                 eta = (time.monotonic() - wall0) / (step - start_step) * (end_step - step)
                 log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "

@@ -613,29 +613,56 @@ def test_cpu_tensors_never_take_the_measured_dispatch():
 
 
 @triton_only
-def test_measured_dispatch_picks_the_faster_path_once_per_key_and_skips_a_failing_kernel(monkeypatch):
+def test_measured_dispatch_measures_only_when_asked_once_per_key_and_skips_failing_or_wrong_kernels(monkeypatch):
     """_measured's choice logic on CPU tensors (the Triton side runs under the interpreter), with the
     timer replaced by fixed numbers: no wall clock in tests."""
     monkeypatch.setattr(C, "DISPATCH_CHOICES", {})
+    monkeypatch.setattr(C, "DISPATCH_MISMATCHES", {})
     timed = []
 
-    def fake_ms(fn, reps=5):
+    def fake_ms(fn, reps=10):
         timed.append(fn)
-        fn()                                    # as the real timer does: a kernel that fails, fails here
+        fn()
         return 1.0 if len(timed) % 2 else 2.0   # the first timed (Triton) is the faster
     monkeypatch.setattr(C, "_median_ms", fake_ms)
     X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
-    for _ in range(3):
-        got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)
-    torch.testing.assert_close(got, C.torch_sym_mm(X.mT, X.mT), rtol=1e-5, atol=1e-4)
+    want = C.torch_sym_mm(X.mT, X.mT)
+    got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)   # not measuring: torch, no timing
+    assert not timed and not C.DISPATCH_CHOICES
+    with C.measuring_dispatch():
+        for _ in range(3):
+            got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert len(timed) == 2 and list(C.DISPATCH_CHOICES.values()) == ["triton"]   # measured once, cached
-    C._MeasuredOps.sym_mm(X, X)                        # another shape: another key, measured again
+    C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)   # after the warm-up: the cached choice
+    assert len(timed) == 2
+    with C.measuring_dispatch():
+        C._MeasuredOps.sym_mm(X, X)                        # another shape: another key, measured again
     assert len(timed) == 4 and len(C.DISPATCH_CHOICES) == 2
 
     def broken(*args, **kwargs):
         raise RuntimeError("kernel does not build")
     monkeypatch.setattr(C._TritonOps, "mm_add", staticmethod(broken))
     P = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(1))
-    out = C._MeasuredOps.mm_add(X, P, beta=0.5, R=X)
+    with C.measuring_dispatch():
+        out = C._MeasuredOps.mm_add(X, P, beta=0.5, R=X)
     torch.testing.assert_close(out, C.torch_mm_add(X, P, beta=0.5, R=X))
     assert [v for k, v in C.DISPATCH_CHOICES.items() if k[0] == "mm_add"] == ["torch"]
+
+    # a kernel that is faster but wrong (here 1% off in float32) is never chosen, and is reported
+    monkeypatch.setattr(C._TritonOps, "mm_add", staticmethod(lambda *a, **k: 1.01 * C.torch_mm_add(*a, **k)))
+    n_timed = len(timed)
+    with C.measuring_dispatch():
+        C._MeasuredOps.mm_add(X, P, alpha=2.0)
+    assert len(timed) == n_timed                                # not even timed
+    (gap,) = C.DISPATCH_MISMATCHES.values()
+    assert 0.009 < gap < 0.011
+    assert [v for k, v in C.DISPATCH_CHOICES.items() if k[0] == "mm_add"] == ["torch", "torch"]
+    assert "1 disagreed with torch" in C.dispatch_summary()
+
+
+def test_dispatch_choices_merge_in_rank_order():
+    """Every rank computes the same table; rank 0's measurement wins where ranks disagree."""
+    per_rank = [{"a": "triton", "b": "torch"}, {"a": "torch", "c": "triton"}, {"c": "torch", "d": "torch"}]
+    assert C.merge_dispatch_choices(per_rank) == {"a": "triton", "b": "torch", "c": "triton", "d": "torch"}
+    assert C.merge_dispatch_choices([{}, {"a": "torch"}]) == {"a": "torch"}

@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python records/2026-11-22-shakespeare-h100/gap-screen/accounting.py CKPT
 
+CKPT: a checkpoint of train_gpt.py with arch "lipschitz" (read by train_gpt.model_from_checkpoint).
+
 Prints log10 of:
   certified             lipschitz.bound_report's certified bound (per-head norms, Theorem C.1 attention)
   paper_literal         the paper's Appendix C recursion verbatim (whole-matrix norms): not a certificate
@@ -17,18 +19,11 @@ import math
 import os
 import sys
 
-import torch
-
-sys.path.append(os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 import lipschitz  # noqa: E402
 import train_gpt  # noqa: E402
-
-
-def load(path):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = train_gpt.make_model(train_gpt.Hyperparameters(**state["hp"]))
-    model.load_state_dict(state["model"])
-    return model.eval(), state
 
 
 def literal_fixed_radius(model) -> float:
@@ -39,20 +34,36 @@ def literal_fixed_radius(model) -> float:
         a = n["alpha"]
         log_L += lipschitz._log_residual(a, lipschitz._paper_literal_log_attention(
             n["q"], n["k"], n["v"], n["o"], n["s"], 0.0))
-        log_L += lipschitz._log_residual(a, math.log(n["fc"]) + math.log(n["proj"]) - math.log(lipschitz.GELU_DIVISOR))
-    return (log_L + math.log(lipschitz.rms_op_norms(model.lm_head.weight).item())
-            + math.log(abs(model.final_logit_scale))) / math.log(10)
+        log_L += lipschitz._log_residual(a, lipschitz._log(n["fc"]) + lipschitz._log(n["proj"])
+                                         - math.log(lipschitz.GELU_DIVISOR))
+    # _log: a zero matrix (zero-initialized out projection or lm_head at step 0) has log norm -inf, not an error
+    return (log_L + lipschitz._log(lipschitz.rms_op_norms(model.lm_head.weight).item())
+            + lipschitz._log(abs(model.final_logit_scale))) / math.log(10)
 
 
-def main():
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    model, state = load(sys.argv[1])
-    hp = state["hp"]
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(f"accounting.py: error: expected one checkpoint path, got {' '.join(argv) or 'none'} "
+              f"(usage: accounting.py CKPT)", file=sys.stderr)
+        return 2
+    path = argv[0]
+    try:
+        model, state = train_gpt.model_from_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"accounting.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     rep = lipschitz.bound_report(model)
-    print(f"checkpoint {os.path.basename(sys.argv[1])}: step {state['step']}, w_max {hp['w_max']}, "
-          f"lm_head_w_max {hp['lm_head_w_max']}, attn_logit_scale {hp['attn_logit_scale']}, "
-          f"final_logit_scale {hp['final_logit_scale']}")
+    if rep["reason"] is not None:
+        print(f"accounting.py: error: {path}: no certified bound to account for ({rep['reason']})", file=sys.stderr)
+        return 2
+    hp = model.hp
+    print(f"checkpoint {os.path.basename(path)}: step {state['step']}, w_max {hp.w_max}, "
+          f"lm_head_w_max {hp.lm_head_w_max}, attn_logit_scale {hp.attn_logit_scale}, "
+          f"final_logit_scale {hp.final_logit_scale}")
     print(f"lm_head norm {rep['lm_head_norm']:.3f}; per layer (q, k, v, o, fc, proj) whole-matrix norms and the "
           f"largest per-head q/k/v norm:")
     for i, row in enumerate(rep["layers"]):
@@ -66,15 +77,16 @@ def main():
     print(f"| paper's literal recursion (whole-matrix norms) | {rep['log10_bound_paper_literal']:.2f} |")
     m = copy.deepcopy(model)
     m.final_logit_scale = 1.0
-    print(f"| ... and final logit scale 1 instead of {hp['final_logit_scale']:g} | "
+    print(f"| ... and final logit scale 1 instead of {hp.final_logit_scale:g} | "
           f"{lipschitz.bound_report(m)['log10_bound_paper_literal']:.2f} |")
     for block in m.blocks:
         block.attn.scale = 1.0 / block.attn.head_dim
-    print(f"| ... and attention logit scale s = 1 instead of {hp['attn_logit_scale']:g} | "
+    print(f"| ... and attention logit scale s = 1 instead of {hp.attn_logit_scale:g} | "
           f"{lipschitz.bound_report(m)['log10_bound_paper_literal']:.2f} |")
     print(f"| ... and activation radius r = 1 in every layer | {literal_fixed_radius(m):.2f} |")
     print(f"| for comparison: certified with final scale 1 and s = 1 | {lipschitz.bound_report(m)['log10_bound']:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

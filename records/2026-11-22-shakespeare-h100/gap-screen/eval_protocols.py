@@ -1,99 +1,259 @@
-"""Validation loss of one checkpoint under several evaluation protocols, to size how much of a reported
-val loss is the protocol rather than the model.
+"""Validation loss of checkpoints under several evaluation protocols, to size how much of a reported val
+loss is the protocol rather than the model.
 
     PYTHONPATH=. python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py CKPT [CKPT ...] \
-        --data /tmp/h4data [--random-batches 20]
+        [--data DIR] [--random-batches 20] [--seed 0] [--json]
 
-Protocols (tokens of the split named by --data's meta.json; sequences of the run's seq_len, batches of 64):
-- ours:      the run's own validation: the first val_tokens of the val split in back-to-back windows.
-- val_all:   every back-to-back window of the val split (all 111,540 tokens of tiny Shakespeare's last 10%).
-- paper:     the paper's public Shakespeare code: an unshuffled loader over windows that start at every
-             token (stride 1), averaged over its first val_iters = 50 batches of 64, i.e. windows starting at
-             0..3199: the first ~3,456 characters of the val split, each counted up to 256 times.
-- nanogpt:   nanoGPT's estimate_loss: windows at uniformly random starts in the val split (seed 0).
-- train:     the first val_tokens of the TRAIN split in back-to-back windows (seen in training or not,
-             it measures the train/val gap at this checkpoint).
-Each line prints mean cross-entropy (nats/token) per protocol, computed with the run's autocast.
+--data DIR: the run's shards (DIR/*train*.bin, DIR/*val*.bin, same tokenizer as the run); without it, the
+shards at the train_files/val_files paths in each checkpoint's hyperparameters.
+
+Every protocol is a set of windows of seq_len + 1 tokens (the run's seq_len) of one split; its number is
+the mean next-token cross-entropy (nats/token) over every target of every window, summed as
+train_gpt.evaluate sums it (model.eval_sums in chunks of the run's micro_batch_size, under the run's
+autocast, with the run's attention window at the checkpoint's step). Protocols:
+- ours:            the run's own validation: the first val_tokens of the val split in back-to-back windows
+                   (train_gpt.evaluate's windows; the test checks the two agree).
+- val_all:         every back-to-back window of the val split (all 111,540 tokens of tiny Shakespeare's last 10%).
+- paper_20x64:     the paper's public Shakespeare code (github phess2/lipschitz-transformers,
+                   experiment/train.py, experiment/data/shakespeare.py): an unshuffled loader over windows that
+                   start at EVERY token of the val split (stride 1), in batches of 64, stopped after val_iters
+                   batches. Its final Shakespeare sweeps (generate_sweeps.py at b725f15: 2000 steps) set
+                   val_iters = 20: windows starting at tokens 0..1279, i.e. the first 1,536 tokens (characters)
+                   of the val split at seq_len 256, each counted up to 256 times.
+- paper_50x64:     the same with val_iters = 50, as in earlier sweeps (05442dc): starts 0..3199, the first
+                   3,456 characters.
+- notebook_20x512: the released notebook's evaluation, 20 stride-1 batches of 512: starts 0..10239, the
+                   first 10,496 characters.
+- nanogpt:         nanoGPT's estimate_loss: --random-batches batches of 64 windows at uniformly random starts
+                   in the val split (numpy generator seeded with --seed).
+- train:           the first val_tokens of the TRAIN split in back-to-back windows (seen in training or not, it
+                   measures the train/val gap at this checkpoint).
+The paper averages per-batch means; its batches are full and its windows of equal length, so that equals
+the mean over all targets computed here. The stride-1 loader stops early, as the paper's does, when the
+split has fewer full batches than val_iters (never on tiny Shakespeare's 111,540-token val split).
+
+Output: a markdown table, one row per checkpoint, one column per protocol, then the windows each protocol
+read for the first checkpoint; --json prints the same as one JSON object instead.
 """
 from __future__ import annotations
 
 import argparse
-import glob
+import json
 import os
 import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-sys.path.append(os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 import train_gpt  # noqa: E402
-from data.shards import read_shard  # noqa: E402
 
-BATCH = 64
-PAPER_VAL_ITERS = 50
+NANOGPT_BATCH = 64  # nanoGPT's shakespeare_char batch (and the paper's)
+# name -> (val_iters, batch) of the paper's stride-1 validation
+STRIDE1 = {"paper_20x64": (20, 64), "paper_50x64": (50, 64), "notebook_20x512": (20, 512)}
+PROTOCOLS = ("ours", "val_all", *STRIDE1, "nanogpt", "train")
 
 
-def load(path: str):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    hp = train_gpt.Hyperparameters(**state["hp"])
-    model = train_gpt.make_model(hp)
-    model.load_state_dict(state["model"])
-    return model.eval(), hp, state["step"]
+class UsageError(Exception):
+    """A bad command line or input file: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def back_to_back_starts(n_windows: int, seq_len: int) -> np.ndarray:
+    """(n_windows,) starts 0, seq_len, 2 seq_len, ...: windows that share only their boundary token."""
+    return np.arange(n_windows, dtype=np.int64) * seq_len
+
+
+def stride1_starts(val_iters: int, batch: int, n_tokens: int, seq_len: int) -> np.ndarray:
+    """Starts of the windows the paper's validation reads from a split of n_tokens: its TokenDataset has
+    n_tokens - seq_len - 1 windows, one at every token; an unshuffled loader batches them (drop_last) and
+    validation stops after val_iters batches. -> (min(val_iters, full batches) * batch,) = 0, 1, 2, ...;
+    the windows cover tokens 0 .. len + seq_len - 1 of the split. ValueError when not one batch fits."""
+    full_batches = (n_tokens - seq_len - 1) // batch
+    if full_batches < 1:
+        raise ValueError(f"a split of {n_tokens} tokens holds no full batch of {batch} stride-1 windows of "
+                         f"{seq_len + 1} tokens")
+    return np.arange(min(val_iters, full_batches) * batch, dtype=np.int64)
+
+
+def random_starts(n_windows: int, n_tokens: int, seq_len: int, seed: int) -> np.ndarray:
+    """(n_windows,) starts uniform in [0, n_tokens - seq_len), as nanoGPT's get_batch draws them: every
+    window of seq_len + 1 tokens lies inside the split."""
+    return np.random.default_rng(seed).integers(0, n_tokens - seq_len, size=n_windows)
+
+
+def protocol_windows(hp: train_gpt.Hyperparameters, val: train_gpt.TokenStream, train: train_gpt.TokenStream,
+                     random_batches: int, seed: int) -> dict[str, tuple[str, np.ndarray]]:
+    """protocol -> (split "val" | "train", window starts), in PROTOCOLS order. ValueError (one line) when a
+    split is too short for the run's val_tokens or for one stride-1 batch."""
+    T = hp.seq_len
+    windows = {"ours": ("val", back_to_back_starts(train_gpt.val_sequence_count(hp, val), T)),
+               "val_all": ("val", back_to_back_starts((val.total - 1) // T, T))}
+    for name, (iters, batch) in STRIDE1.items():
+        windows[name] = ("val", stride1_starts(iters, batch, val.total, T))
+    windows["nanogpt"] = ("val", random_starts(random_batches * NANOGPT_BATCH, val.total, T, seed))
+    try:
+        windows["train"] = ("train", back_to_back_starts(train_gpt.val_sequence_count(hp, train), T))
+    except ValueError:  # val_sequence_count names the val split; here it is the train split that is short
+        raise ValueError(f"--val_tokens={hp.val_tokens} exceeds the {train.total} tokens of the train split") from None
+    return windows
+
+
+def describe_windows(split: str, starts: np.ndarray, seq_len: int) -> dict:
+    """How many windows, where they start, and the token range they span (last index inclusive)."""
+    stride = int(starts[1] - starts[0]) if len(starts) > 1 and np.all(np.diff(starts) == starts[1] - starts[0]) else None
+    return dict(split=split, windows=len(starts), first_start=int(starts.min()), last_start=int(starts.max()),
+                stride=stride, last_token=int(starts.max()) + seq_len)
+
+
+# ----------------------------------------------------------------------------- loss
 
 
 @torch.no_grad()
-def mean_loss(model, hp, tokens: np.ndarray, starts: np.ndarray) -> float:
-    """Mean next-token cross-entropy over windows tokens[s : s + seq_len + 1] for s in starts."""
-    amp = train_gpt.autocast_for(hp, torch.device("cpu"))
-    total, count = 0.0, 0
-    for i in range(0, len(starts), BATCH):
-        rows = np.stack([tokens[s:s + hp.seq_len + 1] for s in starts[i:i + BATCH]]).astype(np.int64)
-        buf = torch.from_numpy(rows)
+def mean_loss(model: train_gpt.GPT, stream: train_gpt.TokenStream, starts: np.ndarray, amp, window: int) -> float:
+    """Mean next-token cross-entropy (nats) over every target of the windows stream[s : s + seq_len + 1], s in
+    starts: model.eval_sums on chunks of hp.micro_batch_size windows, float64 totals, as train_gpt.evaluate."""
+    hp = model.hp
+    loss_total, count = 0.0, 0
+    for i in range(0, len(starts), hp.micro_batch_size):
+        x, y = train_gpt.token_batch(stream, starts[i:i + hp.micro_batch_size], hp.seq_len, torch.device("cpu"))
         with amp:
-            logits = model(buf[:, :-1])[..., :hp.vocab_size]
-        total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), buf[:, 1:].reshape(-1),
-                                 reduction="sum").item()
-        count += buf[:, 1:].numel()
-    return total / count
+            loss_sum, _, _ = model.eval_sums(x, y, train_gpt.AttentionMask(x, hp.bos_token, window))
+        loss_total += loss_sum.double().item()
+        count += y.numel()
+    return loss_total / count
 
 
-def protocols(hp, val: np.ndarray, train: np.ndarray, random_batches: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    T = hp.seq_len
-    n_ours = max(1, hp.val_tokens // T)
-    rng = np.random.default_rng(0)
-    return {
-        "ours": (val, np.arange(n_ours) * T),
-        "val_all": (val, np.arange((len(val) - 1) // T) * T),
-        "paper": (val, np.arange(PAPER_VAL_ITERS * BATCH)),
-        "nanogpt": (val, rng.integers(0, len(val) - T - 1, size=random_batches * BATCH)),
-        "train": (train, np.arange(n_ours) * T),
-    }
+# ----------------------------------------------------------------------------- data and checkpoints
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--data", required=True, help="directory with *train*.bin, *val*.bin (the run's tokenizer)")
-    ap.add_argument("--random-batches", type=int, default=20, help="batches of 64 for the nanogpt protocol")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    shard = {}
-    for split in ("train", "val"):
-        files = sorted(glob.glob(os.path.join(args.data, f"*{split}*.bin")))
-        if len(files) != 1:
-            sys.exit(f"error: expected one {split} shard in {args.data}, found {len(files)}")
-        shard[split] = np.asarray(read_shard(files[0]))
-    names = list(protocols(train_gpt.Hyperparameters(), shard["val"], shard["train"], 1))
-    print("| checkpoint | step | " + " | ".join(names) + " | paper - ours | ours - train |")
-    print("|---|---|" + "---|" * (len(names) + 2))
-    for path in args.checkpoints:
-        model, hp, step = load(path)
-        res = {k: mean_loss(model, hp, toks, starts)
-               for k, (toks, starts) in protocols(hp, shard["val"], shard["train"], args.random_batches).items()}
-        print(f"| {os.path.basename(path)} | {step} | " + " | ".join(f"{res[k]:.4f}" for k in names)
-              + f" | {res['paper'] - res['ours']:+.4f} | {res['ours'] - res['train']:+.4f} |", flush=True)
+def shard_patterns(hp: train_gpt.Hyperparameters, data: str | None) -> dict[str, str]:
+    """{"train": glob, "val": glob}: DIR/*train*.bin and DIR/*val*.bin under --data, else the run's own."""
+    if data is None:
+        return {"train": hp.train_files, "val": hp.val_files}
+    if not os.path.isdir(data):
+        raise UsageError(f"--data={data}: not a directory")
+    return {split: os.path.join(data, f"*{split}*.bin") for split in ("train", "val")}
+
+
+def open_splits(hp: train_gpt.Hyperparameters, data: str | None, path: str) -> dict[str, train_gpt.TokenStream]:
+    """The run's train and val splits as TokenStreams (tokens checked < the run's vocab_size)."""
+    streams = {}
+    for split, pattern in shard_patterns(hp, data).items():
+        try:
+            streams[split] = train_gpt.TokenStream(pattern, hp.vocab_size, split)
+        except FileNotFoundError:
+            where = f"--data={data}" if data else f"{path}'s {split}_files"
+            raise FileNotFoundError(f"no {split} shards match {pattern!r} ({where}); pass --data=DIR holding the "
+                                    f"run's *train*.bin and *val*.bin") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    return streams
+
+
+def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: int) -> dict:
+    """{checkpoint, step, dtype, seq_len, loss: {protocol: nats}, windows: {protocol: describe_windows}}."""
+    model, state = train_gpt.model_from_checkpoint(path)
+    hp = model.hp
+    splits = open_splits(hp, data, path)
+    try:
+        windows = protocol_windows(hp, splits["val"], splits["train"], random_batches, seed)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    amp, dtype = train_gpt.autocast_for(hp, torch.device("cpu"))
+    window = train_gpt.window_size(hp, state["step"])
+    return dict(checkpoint=path, step=state["step"], dtype=dtype, seq_len=hp.seq_len,
+                loss={name: mean_loss(model, splits[split], starts, amp, window)
+                      for name, (split, starts) in windows.items()},
+                windows={name: describe_windows(split, starts, hp.seq_len) for name, (split, starts) in windows.items()})
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def markdown_header() -> str:
+    return ("| checkpoint | step | dtype | " + " | ".join(PROTOCOLS) + " |\n"
+            + "|---|---|---|" + "---|" * len(PROTOCOLS))
+
+
+def markdown_row(result: dict) -> str:
+    """One checkpoint: its name, step, autocast dtype, then the mean loss of each protocol (nats/token)."""
+    return (f"| {os.path.basename(result['checkpoint'])} | {result['step']} | {result['dtype']} | "
+            + " | ".join(f"{result['loss'][k]:.4f}" for k in PROTOCOLS) + " |")
+
+
+def windows_table(result: dict) -> str:
+    """Which windows each protocol read: count, starts, and the token range of the split they span."""
+    lines = [f"Windows of seq_len + 1 = {result['seq_len'] + 1} tokens read by each protocol "
+             f"({os.path.basename(result['checkpoint'])}):",
+             "| protocol | split | windows | starts | tokens spanned |", "|---|---|---|---|---|"]
+    for name in PROTOCOLS:
+        w = result["windows"][name]
+        how = f"stride {w['stride']}" if w["stride"] is not None else "random"
+        lines.append(f"| {name} | {w['split']} | {w['windows']} | {w['first_start']}..{w['last_start']} {how} | "
+                     f"{w['first_start']}..{w['last_token']} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def at_least(flag: str, low: int):
+    """argparse type: a whole number >= low, else a one-line UsageError naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= {low}") from None
+        if value < low:
+            raise UsageError(f"{flag}={value}: must be >= {low}")
+        return value
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors (unknown flag, no checkpoint) as one line
+        raise UsageError(message)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", nargs="+", help="checkpoints written by train_gpt.py")
+    ap.add_argument("--data", default=None, help="directory with the run's *train*.bin, *val*.bin "
+                    "(default: the shard paths in each checkpoint's hyperparameters)")
+    ap.add_argument("--random-batches", type=at_least("--random-batches", 1), default=20,
+                    help="batches of 64 random windows for the nanogpt protocol")
+    ap.add_argument("--seed", type=at_least("--seed", 0), default=0, help="seed of the nanogpt windows")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    try:
+        return ap.parse_args(argv)
+    except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
+        raise UsageError(" ".join(str(e).split())) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        if not args.json:
+            print(markdown_header(), flush=True)
+        results = []
+        for path in args.checkpoints:
+            results.append(evaluate_checkpoint(path, args.data, args.random_batches, args.seed))
+            if not args.json:
+                print(markdown_row(results[-1]), flush=True)
+    except (UsageError, FileNotFoundError, ValueError) as e:
+        print(f"eval_protocols.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(dict(protocols=list(PROTOCOLS), results=results), indent=1))
+    else:
+        print("\n" + windows_table(results[0]))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
