@@ -367,22 +367,28 @@ def test_state_dict_holds_momentum_and_loads_into_a_fresh_optimizer():
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_two_ranks_match_single_process(tmp_path):
-    """gloo, 2 ranks: every rank ends each step with the same weights as the single-process run (and each
-    other's), for each constraint; resuming from state_dict mid-run on each rank changes nothing."""
-    names = ["none"] + CAPPED
+@pytest.mark.parametrize("world", [2, 4])
+def test_torchrun_ranks_match_single_process(tmp_path, world):
+    """gloo, 2 and 4 ranks (at 4, as for GPT-2's lm_head on 4 GPUs, the lm_head list is shorter than the
+    world and is cut into long-side slices, one per rank): every rank ends each step with the same weights as
+    the single-process run (and each other's), for each constraint; resuming from state_dict mid-run on each
+    rank changes nothing."""
+    names = ["none"] + CAPPED if world == 2 else ["none"] + [m for m in CAPPED if constraints.PROPERTIES[m].shardable]
+    hidden, lm_head = worker.make_params()
+    assert shard_plan([dict(params=lm_head, constraint="soft_cap")], 0, world)[0].split
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
            worker.__file__, str(tmp_path), *names]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in names:
         reference = worker.trajectories(name)
-        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt") for r in (0, 1)]
+        ranks = [torch.load(tmp_path / f"{name}_rank{r}.pt") for r in range(world)]
         for run in ("uninterrupted", "resumed"):
             for step, expected in enumerate(reference[run]):
                 for i, want in enumerate(expected):
-                    assert torch.equal(ranks[0][run][step][i], ranks[1][run][step][i]), (name, run, step, i)
+                    for other in ranks[1:]:
+                        assert torch.equal(ranks[0][run][step][i], other[run][step][i]), (name, run, step, i)
                     torch.testing.assert_close(ranks[0][run][step][i], want, rtol=1e-5, atol=1e-6,
                                                msg=f"{name} {run} step {step} param {i}")
         for step in range(worker.STEPS):

@@ -71,8 +71,9 @@ def back_to_back_starts(n_windows: int, seq_len: int) -> np.ndarray:
 def stride1_starts(val_iters: int, batch: int, n_tokens: int, seq_len: int) -> np.ndarray:
     """Starts of the windows the paper's validation reads from a split of n_tokens: its TokenDataset has
     n_tokens - seq_len - 1 windows, one at every token; an unshuffled loader batches them (drop_last) and
-    validation stops after val_iters batches. -> (min(val_iters, full batches) * batch,) = 0, 1, 2, ...;
-    the windows cover tokens 0 .. len + seq_len - 1 of the split. ValueError when not one batch fits."""
+    validation stops after val_iters batches. -> n = min(val_iters, full batches) * batch starts 0 .. n - 1,
+    whose windows read tokens 0 .. n - 1 + seq_len: the first n + seq_len tokens of the split (1,536 for 20 x 64
+    at seq_len 256). ValueError when not one batch fits."""
     full_batches = (n_tokens - seq_len - 1) // batch
     if full_batches < 1:
         raise ValueError(f"a split of {n_tokens} tokens holds no full batch of {batch} stride-1 windows of "
@@ -104,8 +105,10 @@ def protocol_windows(hp: train_gpt.Hyperparameters, val: train_gpt.TokenStream, 
 
 
 def describe_windows(split: str, starts: np.ndarray, seq_len: int) -> dict:
-    """How many windows, where they start, and the token range they span (last index inclusive)."""
-    stride = int(starts[1] - starts[0]) if len(starts) > 1 and np.all(np.diff(starts) == starts[1] - starts[0]) else None
+    """How many windows, where they start, their stride (None: irregular, i.e. random; 0: one window) and the
+    last token they read (inclusive)."""
+    steps = np.diff(starts)
+    stride = 0 if len(starts) == 1 else (int(steps[0]) if np.all(steps == steps[0]) else None)
     return dict(split=split, windows=len(starts), first_start=int(starts.min()), last_start=int(starts.max()),
                 stride=stride, last_token=int(starts.max()) + seq_len)
 
@@ -169,7 +172,8 @@ def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: 
     return dict(checkpoint=path, step=state["step"], dtype=dtype, seq_len=hp.seq_len,
                 loss={name: mean_loss(model, splits[split], starts, amp, window)
                       for name, (split, starts) in windows.items()},
-                windows={name: describe_windows(split, starts, hp.seq_len) for name, (split, starts) in windows.items()})
+                windows={name: describe_windows(split, starts, hp.seq_len)
+                         for name, (split, starts) in windows.items()})
 
 
 # ----------------------------------------------------------------------------- output

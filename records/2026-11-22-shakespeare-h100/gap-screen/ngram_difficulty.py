@@ -74,8 +74,9 @@ def parse_orders(text: str) -> list[int]:
 
 def check_lengths(train: str, val: str, ours: int) -> None:
     """Every scored prefix fits in its split (and holds two characters, so a mean exists)."""
-    for what, n, split, name in [*((k, v, val, "val") for k, v in PAPER_PREFIXES.items()),
-                                 ("ours (--ours-chars)", ours, val, "val"), ("train (--ours-chars)", ours, train, "train")]:
+    prefixes = [*((k, v, val, "val") for k, v in PAPER_PREFIXES.items()),
+                ("ours (--ours-chars)", ours, val, "val"), ("train (--ours-chars)", ours, train, "train")]
+    for what, n, split, name in prefixes:
         if not 2 <= n <= len(split):
             raise UsageError(f"{what} scores the first {n:,} characters of the {name} split, which has "
                              f"{len(split):,}: use a longer text or a smaller --ours-chars")
