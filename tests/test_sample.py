@@ -144,22 +144,59 @@ def test_byte_checkpoint_decodes_utf8(byte_shards, tmp_path):
 
 
 def test_start_of_document_is_the_bos_token_when_there_is_one(byte_shards):
-    hp = smoke_hp(byte_shards, bos_token=7)
+    hp = smoke_hp(byte_shards, bos_token=0)  # token 0 is a bos token like any other
     encode = sample.encoder({"tokenizer": "byte", "vocab_size": 256})
-    assert sample.prompt_tokens(None, encode, hp) == [7]
+    assert sample.prompt_tokens(None, encode, hp) == [0]
     assert sample.prompt_tokens(None, encode, smoke_hp(byte_shards)) == [ord("\n")]
 
 
 def test_top_k_and_temperature_edges():
-    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 2.0]])
-    assert torch.isfinite(sample.keep_top_k(logits, 1)).tolist() == [[False, True, False, False, False]]
-    assert torch.isfinite(sample.keep_top_k(logits, 2)).tolist() == [[False, True, True, False, False]]
-    assert logits.argmax().item() == 1  # the tie goes to the lower id in both
+    logits = torch.zeros(1, 65)
+    logits[0, ::7] = 1.0  # ten tied maxima (an unstable sort of 65 entries reorders ties)
+    assert logits.argmax().item() == 0
+    kept = lambda k: torch.isfinite(sample.keep_top_k(logits, k))[0].nonzero().flatten().tolist()
+    assert kept(1) == [0] and kept(3) == [0, 7, 14]  # exactly k, ties to the lower id, as argmax
     gen = torch.Generator().manual_seed(0)
-    draws = {sample.pick_next_token(logits, 5.0, 3, gen).item() for _ in range(300)}
-    assert draws == {1, 2, 4}  # a high temperature reaches every kept token, and only those
-    tiny = sample.pick_next_token(torch.tensor([[0.0, 1e-3, -5.0]]), 1e-30, 0, gen)  # no inf - inf = NaN
+    assert {sample.pick_next_token(logits, 1.0, 1, gen).item() for _ in range(20)} == {0}
+    draws = {sample.pick_next_token(logits, 50.0, 3, gen).item() for _ in range(300)}
+    assert draws == {0, 7, 14}  # a high temperature reaches every kept token, and only those
+    # logits / 1e-37 overflow float32 to +-inf, and softmax of inf is NaN: the sampler must not divide first
+    tiny = sample.pick_next_token(torch.tensor([[0.0, 100.0, -100.0, 99.0]]), 1e-37, 0, gen)
     assert tiny.item() == 1
+
+
+@pytest.mark.parametrize("arch", ["lipschitz", "speedrun"])
+def test_next_token_logits_are_the_forward_pass_with_the_final_window(byte_shards, arch):
+    hp = smoke_hp(byte_shards, arch=arch, seq_len=256, window_min=128, window_max=128, bos_token=0,
+                  zero_init_out=0)
+    model = tg.make_model(hp).eval()
+    idx = torch.randint(1, 256, (2, 200), generator=torch.Generator().manual_seed(0))
+    idx[0, 50] = 0  # a document starts inside the first row: attention must not cross it
+    window = sample.final_window(hp)
+    assert window == 128
+    with torch.no_grad():
+        want = model(idx, window=window)[:, -1, :hp.vocab_size]
+        got = sample.next_token_logits(model, idx, window)
+        unwindowed = model(idx)[:, -1, :hp.vocab_size]
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, unwindowed, rtol=1e-4, atol=1e-6)  # the window matters here
+
+
+def test_generate_conditions_on_the_last_seq_len_tokens(trained, monkeypatch):
+    model, record = load(trained("lipschitz"))
+    seen = []
+    real = sample.next_token_logits
+
+    def spy(model, idx, window):
+        seen.append((idx.shape[1], window))
+        return real(model, idx, window)
+
+    monkeypatch.setattr(sample, "next_token_logits", spy)
+    out = sample.generate(model, torch.tensor([[1, 2, 3]]), 70, 0.8, 0, torch.Generator().manual_seed(0))
+    assert out.shape == (1, 73) and out[0, :3].tolist() == [1, 2, 3]
+    T = model.hp.seq_len
+    assert [t for t, _ in seen] == [min(3 + i, T) for i in range(70)]
+    assert {w for _, w in seen} == {sample.final_window(model.hp)}
 
 
 # ----------------------------------------------------------------------------- tokenizer sources

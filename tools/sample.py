@@ -15,14 +15,15 @@ older than that record, meta.json beside the run's training shards, if they are 
 (flag, prompt, file) is one line on stderr and exit status 2; a tokenizer that cannot be loaded here (GPT-2
 without tiktoken's cached vocab files, offline) is one line and exit status 1.
 
-No KV cache: each new token recomputes the forward pass over the (cropped) context. Measured by hand on a
-2-core AMD EPYC (shared, one torch thread, float32), 200 new tokens from a one-token prompt, one sample:
-smoke model (d 64, 2 layers, context 64) 0.19 s, 1.0 ms per token; Shakespeare model (d 256, 3 layers, context
-256) 0.67 s, 3.4 ms per token -- against 0.12 s and 0.32 s for 200 forward passes of one token each, the floor
-a cache could approach. A cache would save at most 0.35 s at the preset that runs on CPUs, at the price of a
-second attention path inside the model (per-layer key/value buffers, RoPE offsets, the document mask and the
-sliding window redone incrementally) that training never exercises. Recomputing keeps one forward pass, the
-one training validated.
+No KV cache: each new token recomputes the forward pass over the (cropped) context. Measured by hand
+(200 new tokens from a one-token prompt, one sample, float32, one torch thread, best of 5, on a 2-core AMD
+EPYC shared with other jobs): smoke preset (d 64, 2 layers, context 64) 0.35 s; Shakespeare preset (d 256,
+3 layers, context 256) 3.0 s, a step at full context 40 ms. No cache can beat 200 one-token forward passes:
+0.21 s and 0.69 s. So a cache would save at most ~2.3 s per 200 tokens at the largest CPU preset, and nothing
+past the context: once hp.seq_len tokens are in, cropping shifts every token's RoPE position, so cached keys
+go stale and each step is a full forward pass anyway. Not worth a second attention path inside the model
+(per-layer key/value buffers, position offsets, the document mask and sliding window done incrementally)
+that training never exercises; recomputing runs the one forward pass that training validated.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def check_tokenizer(tokenizer: dict, hp: tg.Hyperparameters) -> None:
     vocabulary is the model's: a record from shards rebuilt after training would decode to the wrong text."""
     kind = tokenizer.get("tokenizer")
     if not kind:
-        raise ValueError("the checkpoint does not record its tokenizer, so its tokens cannot be decoded")
+        raise ValueError("the tokenizer record is empty (the run's shards did not say how they were tokenized), "
+                         "so the model's tokens cannot be decoded")
     if kind not in shakespeare.TOKENIZERS:
         raise ValueError(f"tokenizer {kind!r} is not one of {', '.join(shakespeare.TOKENIZERS)}")
     vocab = tokenizer.get("vocab_size", hp.vocab_size)
