@@ -107,6 +107,7 @@ class Hyperparameters:
     compile: str = "auto"  # torch.compile the model with its loss: "auto" (on CUDA), "yes", "no"
     warmup_steps: int = -1  # untimed kernel warm-up steps, state restored after; -1 = 10 on CUDA, 0 on CPU
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
+    memory_check: int = 1  # 1: refuse, before step 0, a run whose estimated step memory exceeds the free memory
 
     def __post_init__(self):
         validate(self)
@@ -188,7 +189,8 @@ def validate(hp: Hyperparameters) -> None:
             raise ValueError(f"--{key}={getattr(hp, key)} must be >= 0")
     for key, ok, need in [("cooldown_frac", 0 <= hp.cooldown_frac <= 1, "in [0, 1]"),
                           ("lr_final_frac", 0 <= hp.lr_final_frac <= 1, "in [0, 1]"),
-                          ("zero_init_out", hp.zero_init_out in (0, 1), "0 or 1")]:
+                          ("zero_init_out", hp.zero_init_out in (0, 1), "0 or 1"),
+                          ("memory_check", hp.memory_check in (0, 1), "0 or 1")]:
         if not ok:
             raise ValueError(f"--{key}={getattr(hp, key)} must be {need}")
     if hp.window_max and hp.window_min > hp.window_max:
@@ -892,6 +894,13 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def time_estimate(hp: Hyperparameters, seconds_per_step: float, step: int, end_step: int) -> str:
+    """The console's early answer to "how long will this take", from the first timed steps."""
+    n_val = sum(1 for s in range(step + 1, end_step + 1) if s % hp.val_every == 0 or s == hp.num_iterations)
+    return (f"time estimate: {end_step - step} more steps at {seconds_per_step:.2f} s/step (first {ESTIMATE_AFTER} "
+            f"steps) take about {format_duration(seconds_per_step * (end_step - step))}, plus {n_val} validations")
+
+
 def launch_command(argv: list[str], world: int) -> str:
     """The command line that ran this process, for 'continue with' hints (without any --resume)."""
     args = " ".join(a for a in argv if not a.startswith("--resume="))
@@ -987,7 +996,7 @@ def state_dict_mismatch(want: dict, got: dict) -> str:
 
 
 # Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
-RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "log_dir", "checkpoint_dir", "checkpoint_every",
+RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "memory_check", "log_dir", "checkpoint_dir", "checkpoint_every",
                      "checkpoint_minutes", "log_every", "val_every", "compile", "warmup_steps", "micro_batch_size"}
 
 
@@ -1023,6 +1032,56 @@ def autocast_for(hp: Hyperparameters, device) -> tuple[torch.autocast, str]:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"), dtype
 
 
+def step_memory_bytes(hp: Hyperparameters, world: int, device: torch.device, dtype: str) -> dict[str, int]:
+    """Estimated peak memory of one training step on one rank, by part, in bytes (an estimate, within ~1.5x of
+    what was measured; see tests/test_train_gpt.py):
+      state        weights, gradients and optimizer state, float32 (4 copies of every parameter);
+      activations  what autograd keeps for one micro-batch: per token and layer ~8 d_model + 6 inner + 3 hidden
+                   values in the autocast dtype (residual copies; q, k, v, rotated, attention out; fc, gelu);
+      logits       float32 logits, their softmax and gradient (3 x tokens x padded vocab);
+      attention    on the CPU's SDPA path with windows or documents, the dense (micro batch, 1, T, T) mask:
+                   ~4 bytes per entry (3.4 measured, torch 2.13's fused kernel; it never forms the scores).
+                   FlexAttention (CUDA) and causal-only attention keep no T x T tensor."""
+    micro, T, d = micro_batch_size(hp, world), hp.seq_len, hp.d_model
+    inner, hidden, V = hp.n_head * hp.head_dim, hp.mlp_ratio * hp.d_model, padded_vocab(max(hp.vocab_size, 1))
+    n_params = 2 * V * d + hp.n_layer * (4 * inner * d + 2 * hidden * d)
+    tokens = micro * T
+    act_bytes = 2 if dtype == "bf16" else 4
+    causal_only = hp.bos_token < 0 and (hp.window_max <= 0 or hp.window_max >= T)
+    dense_mask = not use_flex_attention(device) and not causal_only
+    return dict(state=4 * 4 * n_params,
+                activations=tokens * hp.n_layer * (8 * d + 6 * inner + 3 * hidden) * act_bytes,
+                logits=3 * tokens * V * 4,
+                attention=4 * micro * T * T if dense_mask else 0)
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can use now: free CUDA memory, or the OS's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
+        return 1024 * kib["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_step_fits(hp: Hyperparameters, world: int, device: torch.device, dtype: str) -> None:
+    """Refuse, before anything is built, a run whose step cannot fit: one line with the estimate, the free
+    memory, the largest parts, and the flags that shrink them."""
+    free = free_memory_bytes(device)
+    parts = step_memory_bytes(hp, world, device, dtype)
+    need = sum(parts.values())
+    if not hp.memory_check or free is None or need <= free:
+        return
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    biggest = ", ".join(f"{k} {gib(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v)
+    raise ValueError(f"a training step needs about {gib(need)} on {device.type} ({biggest}) but {gib(free)} is "
+                     f"free: lower --micro_batch_size={micro_batch_size(hp, world)} or --seq_len={hp.seq_len} "
+                     f"(or --d_model/--n_layer); --memory_check=0 skips this estimate")
+
+
 def train_step(model, optimizers, train, hp, step, rank, world, device, amp, loss_fn=None) -> torch.Tensor:
     """One optimizer step over this rank's share of the global batch; returns the mean train loss (on device).
     loss_fn(idx, targets, mask) -> loss defaults to the eager model.loss (model_fns gives the compiled one)."""
@@ -1044,19 +1103,26 @@ def train_step(model, optimizers, train, hp, step, rank, world, device, amp, los
     return total
 
 
-def host_sync_due(hp: Hyperparameters, step: int, end_step: int, world: int, host_event: bool) -> bool:
-    """Whether the trainer waits for the device after `step`: at log, validation and checkpoint steps and the
-    last step, and (single process) when a stop signal or a timed checkpoint is pending. Between them the
-    host queues steps without waiting. With several ranks, signals and timed checkpoints wait for the next
-    log step, where one reduction makes every rank agree."""
+ESTIMATE_AFTER = 3  # timed steps before the console says how long the whole run will take
+
+
+def host_sync_due(hp: Hyperparameters, step: int, end_step: int, world: int, host_event: bool,
+                  start_step: int = 0) -> bool:
+    """Whether the trainer waits for the device after `step`: at log, validation and checkpoint steps, the
+    last step and the step of the time estimate, and (single process) when a stop signal or a timed
+    checkpoint is pending. Between them the host queues steps without waiting. With several ranks, signals
+    and timed checkpoints wait for the next log step, where one reduction makes every rank agree."""
     return (step % hp.log_every == 0 or step % hp.val_every == 0 or step >= end_step
+            or step == start_step + ESTIMATE_AFTER
             or step == hp.num_iterations or bool(hp.checkpoint_every and step % hp.checkpoint_every == 0)
             or (world == 1 and host_event))
 
 
 class StopSignals:
     """SIGINT/SIGTERM ask the loop to stop after the current step, checkpoint and exit cleanly (`received`
-    holds the signal number); a second SIGINT aborts at once (KeyboardInterrupt)."""
+    holds the signal number). The first signal also restores the system's default handlers, so a second
+    SIGINT or SIGTERM ends the process at once, even inside a long native op (which a Python handler would
+    only see when the op returns)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -1075,12 +1141,24 @@ class StopSignals:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
         self.received = signum
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                  f"(Ctrl-C again to abort without one)", file=sys.stderr, flush=True)
+                  f"(Ctrl-C again to abort at once, without one)", file=sys.stderr, flush=True)
+
+
+def end_of_run_sample(model: GPT, tokenizer: dict, hp: Hyperparameters, device, ckpt_path: str) -> str:
+    """A short sample of the trained model for the console (not the log), or one line saying why there is none."""
+    from data.shakespeare import TokenizerUnavailable
+    from tools import sample  # lazily: tools/sample.py imports this script
+    try:
+        (text,) = sample.sample_text(model, tokenizer, max_new_tokens=200 if tokenizer.get("tokenizer") != "gpt2"
+                                     else 60, seed=hp.seed, device=device)
+    except (ValueError, TokenizerUnavailable) as e:
+        return f"no sample: {' '.join(str(e).split())}"
+    return f"sample (python tools/sample.py {ckpt_path} for more):\n{text}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -1113,6 +1191,7 @@ def main(argv: list[str] | None = None) -> dict:
     val = TokenStream(hp.val_files, hp.vocab_size, "validation")
     val_sequence_count(hp, val)
     amp, dtype_used = autocast_for(hp, device)
+    check_step_fits(hp, world, device, dtype_used)
 
     model = make_model(hp).to(device)
     optimizers = make_optimizers(model, hp)
@@ -1176,7 +1255,7 @@ def main(argv: list[str] | None = None) -> dict:
             timed_steps += 1
             step += 1
             due = rank == 0 and hp.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * hp.checkpoint_minutes
-            synced = host_sync_due(hp, step, end_step, world, bool(stop.received) or due)
+            synced = host_sync_due(hp, step, end_step, world, bool(stop.received) or due, start_step)
             if not synced:  # the host runs ahead of the device until the next log, validation or checkpoint
                 continue
             if device.type == "cuda":
@@ -1197,6 +1276,8 @@ def main(argv: list[str] | None = None) -> dict:
                 raise FloatingPointError(f"training loss became {losses[first_bad - step - 1].item()} at step "
                                          f"{first_bad}; stopping ({kept}). Try a smaller learning rate or a tighter "
                                          f"--w_max")
+            if step == start_step + ESTIMATE_AFTER and step < end_step:
+                say(time_estimate(hp, (time.monotonic() - wall0) / ESTIMATE_AFTER, step, end_step))
             if step % hp.log_every == 0 or step == end_step:
                 eta = (time.monotonic() - wall0) / (step - start_step) * (end_step - step)
                 log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
@@ -1218,6 +1299,8 @@ def main(argv: list[str] | None = None) -> dict:
         bound = f", certified Lipschitz bound 10^{summary['log10_bound']:.2f}" if "log10_bound" in summary else ""
         say(f"run {hp.run_id} complete: step {step}/{hp.num_iterations}, val_loss {summary.get('val_loss', 0):.4f}, "
             f"val_acc {summary.get('val_acc', 0):.4f}{bound}\n  log: {log.path}\n  checkpoint: {ckpt_path}")
+        if rank == 0:
+            say(end_of_run_sample(model, tokenizer, hp, device, ckpt_path))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -410,3 +411,87 @@ def test_rotary_tables_match_direct_computation():
     torch.testing.assert_close(rot(x), want, rtol=0, atol=1e-6)  # float32 tables
     torch.testing.assert_close(rot(x[:, :8]), want[:, :8], rtol=0, atol=1e-6)
     torch.testing.assert_close(rot(x).norm(dim=-1), x.norm(dim=-1))  # a rotation
+
+
+# ----------------------------------------------------------------------------- stop at once, fit, time
+
+
+@pytest.mark.slow
+def test_second_signal_ends_the_process_at_once_inside_a_long_step(shards, tmp_path):
+    """A step of well over 10 s on any CPU (a d_model 768 model on 32K tokens, one thread): the first SIGINT
+    asks for a checkpoint after the step; the second, 1 s later, ends the process within 3 s, without one."""
+    cmd = [sys.executable, os.path.join(ROOT, "train_gpt.py"),
+           *smoke_args(shards, tmp_path, "--run_id=twice", "--d_model=768", "--n_head=12", "--head_dim=64",
+                       "--seq_len=1024", "--batch_size=32", "--micro_batch_size=32", "--val_tokens=1024",
+                       "--dtype=fp32")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the step-0 validation is done: the first step is under way
+        if line.startswith("step:0/") and "max_weight_norm" in line:
+            break
+    time.sleep(2)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    assert proc.poll() is None, "the first signal must wait for the step to end"
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(timeout=30)
+    assert time.monotonic() - t0 < 3
+    assert proc.returncode == -signal.SIGINT
+    assert not os.path.exists(os.path.join(tmp_path, "ckpt", "twice.pt"))
+
+
+def test_a_step_that_cannot_fit_is_refused_before_anything_is_built(shards, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tg, "free_memory_bytes", lambda device: 8 * 2 ** 30)
+    monkeypatch.setattr(tg, "make_model", lambda hp: pytest.fail("built a model"))
+    with pytest.raises(ValueError) as e:
+        tg.main(smoke_args(shards, tmp_path, "--seq_len=100000"))
+    msg = str(e.value)
+    assert "\n" not in msg and "8.0 GiB is free" in msg and "--micro_batch_size=16" in msg and "--seq_len=100000" in msg
+    # the same run is allowed when the check is off, or when memory suffices
+    hp = tg.Hyperparameters.from_args(smoke_args(shards, tmp_path, "--seq_len=100000", "--memory_check=0"))
+    tg.check_step_fits(dataclasses.replace(hp, vocab_size=256), 1, torch.device("cpu"), "fp32")
+    monkeypatch.setattr(tg, "free_memory_bytes", lambda device: 64 * 2 ** 30)
+    tg.check_step_fits(dataclasses.replace(hp, vocab_size=256, memory_check=1), 1, torch.device("cpu"), "fp32")
+
+
+MEMORY_PROBE = """
+import resource, sys, torch
+import train_gpt as tg
+torch.set_num_threads(1)
+hp = tg.Hyperparameters.from_args(sys.argv[1:])
+cpu = torch.device("cpu")
+train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
+model = tg.make_model(hp)
+optimizers = tg.make_optimizers(model, hp)
+amp, _ = tg.autocast_for(hp, cpu)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+tg.train_step(model, optimizers, train, hp, 0, 0, 1, cpu, amp)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print((peak - before) / sum(tg.step_memory_bytes(hp, 1, cpu, "fp32").values()))
+"""
+
+
+@pytest.mark.parametrize("extra", [("--seq_len=2048", "--batch_size=8", "--micro_batch_size=8"),
+                                   ("--seq_len=1024", "--batch_size=8", "--micro_batch_size=8", "--bos_token=10")])
+def test_step_memory_estimate_is_within_2x_of_the_measured_peak(shards, tmp_path, extra):
+    """The estimate against the growth of the process's peak RSS over one step (measured 0.9-1.1x on the
+    Shakespeare preset and these; 2x leaves room for other allocators)."""
+    args = [*smoke_args(shards, tmp_path, *extra), "--vocab_size=256", "--dtype=fp32"]
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0.5 <= float(done.stdout.split()[-1]) <= 2.0
+
+
+def test_time_estimate_and_sample_on_the_console_only(shards, tmp_path, capsys):
+    result = tg.main(smoke_args(shards, tmp_path, "--run_id=est", "--num_iterations=8", "--val_every=4"))
+    out = capsys.readouterr().out
+    assert re.search(r"^time estimate: 5 more steps at [\d.]+ s/step \(first 3 steps\) take about \d+m\d\ds, "
+                     r"plus 2 validations$", out, re.M)
+    head, sample = out.split(f"checkpoint: {result['checkpoint']}\n", 1)
+    assert sample.startswith(f"sample (python tools/sample.py {result['checkpoint']} for more):\n")
+    assert len(sample.split("\n", 1)[1]) > 50
+    run_lines = open(result["log"]).read().split(tg.SEPARATOR)[-1]
+    assert "tools/sample.py" not in run_lines and "time estimate" not in run_lines
