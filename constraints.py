@@ -298,6 +298,7 @@ class _TritonOps:
 
 def _median_ms(fn, reps: int = 10) -> float:
     """Median CUDA-event time of fn() over `reps` runs after one warm-up (synchronizes: measuring only)."""
+    # CUDA events: tests fake this timer; the real one runs in tests/test_cuda.py and bench/gpu_check.sh
     fn()
     times = []
     for _ in range(reps):

@@ -324,6 +324,8 @@ def flex_ops(compiled: bool):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     if not compiled:
         return create_block_mask, flex_attention
+    # CUDA only (the CPU tests compile flex inside the whole loss graph, forward only); the compiled backward:
+    # tests/test_cuda.py::test_compiled_flex_step_matches_eager_sdpa, run by bench/gpu_check.sh
     return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
 
 
@@ -580,7 +582,7 @@ def token_batch(stream: TokenStream, starts, seq_len: int, device) -> tuple[torc
     rows = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int64)
     buf = torch.from_numpy(rows)
     if device.type == "cuda":
-        buf = buf.pin_memory()
+        buf = buf.pin_memory()  # GPU check: every CUDA run of bench/gpu_check.sh
     buf = buf.to(device, non_blocking=True)
     return buf[:, :-1], buf[:, 1:]
 
@@ -723,6 +725,7 @@ def setup_distributed():
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        # NCCL needs several GPUs: no GPU check covers it yet (one GPU is lent); gloo runs in tests/test_train_gpt.py
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
     return rank, world, device
 
@@ -1058,7 +1061,7 @@ def step_memory_bytes(hp: Hyperparameters, world: int, device: torch.device, dty
 def free_memory_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can use now: free CUDA memory, or the OS's MemAvailable (None if unknown)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[0]  # GPU check: tests/test_cuda.py::test_smoke_run_on_cuda...
     try:
         with open("/proc/meminfo") as f:
             kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
