@@ -743,6 +743,13 @@ def all_reduce_grads(model: nn.Module, world: int):
         torch._foreach_div_(grads, world)
 
 
+def all_reduce_max(values: list[float], device) -> list[float]:
+    """Elementwise maxima of host numbers over the ranks of an initialised process group."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
     """Sums of host numbers over ranks (no device round trip in a single process)."""
     if world == 1:
@@ -1074,6 +1081,9 @@ def check_step_fits(hp: Hyperparameters, world: int, device: torch.device, dtype
     """Refuse, before anything is built, a run whose step cannot fit: one line with the estimate, the free
     memory, the largest parts, and the flags that shrink them."""
     free = free_memory_bytes(device)
+    if world > 1:  # every rank takes the same branch: the least free memory of any rank decides
+        free = -all_reduce_max([-(math.inf if free is None else float(free))], device)[0]
+        free = None if math.isinf(free) else free
     parts = step_memory_bytes(hp, world, device, dtype)
     need = sum(parts.values())
     if not hp.memory_check or free is None or need <= free:
@@ -1125,12 +1135,14 @@ class StopSignals:
     """SIGINT/SIGTERM ask the loop to stop after the current step, checkpoint and exit cleanly (`received`
     holds the signal number). The first signal also restores the system's default handlers, so a second
     SIGINT or SIGTERM ends the process at once, even inside a long native op (which a Python handler would
-    only see when the op returns)."""
+    only see when the op returns). Under torchrun (world > 1) only SIGINT's: a worker may get SIGTERM twice for
+    one stop (from the cluster and again from the agent), and the second must not cost the checkpoint."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool):
+    def __init__(self, announce: bool, world: int = 1):
         self.received, self.announce, self.previous = 0, announce, {}
+        self.at_once = self.SIGNALS if world == 1 else (signal.SIGINT,)
 
     def __enter__(self):
         try:
@@ -1145,7 +1157,7 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         self.received = signum
-        for s in self.SIGNALS:
+        for s in self.at_once:
             signal.signal(s, signal.SIG_DFL)
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
@@ -1154,13 +1166,12 @@ class StopSignals:
 
 def end_of_run_sample(model: GPT, tokenizer: dict, hp: Hyperparameters, device, ckpt_path: str) -> str:
     """A short sample of the trained model for the console (not the log), or one line saying why there is none."""
-    from data.shakespeare import TokenizerUnavailable
-    from tools import sample  # lazily: tools/sample.py imports this script
-    try:
+    try:  # a finished run never fails here: whatever goes wrong is one line
+        from tools import sample  # lazily: tools/sample.py imports this script
         (text,) = sample.sample_text(model, tokenizer, max_new_tokens=200 if tokenizer.get("tokenizer") != "gpt2"
                                      else 60, seed=hp.seed, device=device)
-    except (ValueError, TokenizerUnavailable) as e:
-        return f"no sample: {' '.join(str(e).split())}"
+    except Exception as e:  # noqa: BLE001
+        return f"no sample: {' '.join(str(e).split()) or type(e).__name__}"
     return f"sample (python tools/sample.py {ckpt_path} for more):\n{text}"
 
 
@@ -1210,6 +1221,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_state_dict(initial["model"])
         for o, s in zip(optimizers, initial["opts"]):
             o.load_state_dict(s)
+        del initial
 
     start_step, train_ms = 0, 0.0
     if saved:
@@ -1231,11 +1243,12 @@ def main(argv: list[str] | None = None) -> dict:
     summary: dict = dict(saved.get("summary", {})) if saved else {}
     timed_steps, step = start_step, start_step  # train_ms is cumulative over resumes, and so is the count
     wall0 = last_ckpt = time.monotonic()
+    train_ms_at_start = train_ms
     pending: list[torch.Tensor] = []  # train losses (on device) of the steps since the last host sync
-    with StopSignals(announce=rank == 0) as stop:
-        want_ckpt, synced = False, True
+    with StopSignals(announce=rank == 0, world=world) as stop:
+        want_ckpt, synced, stopping = False, True, False  # want_ckpt and stopping: agreed by all ranks
         while True:
-            last = step >= end_step or stop.received
+            last = step >= end_step or stopping
             if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
                 val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step),
                                                     fns.eval_sums)
@@ -1249,7 +1262,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              f"overwriting the last good checkpoint {ckpt_path}")
                 if rank == 0:
                     save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms, summary, tokenizer)
-                last_ckpt = time.monotonic()
+                last_ckpt, want_ckpt = time.monotonic(), False
             if last:
                 break
             if synced:  # the clock restarts after validation and checkpoints, which are not training time
@@ -1264,23 +1277,24 @@ def main(argv: list[str] | None = None) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_ms += 1000 * (time.perf_counter() - t0)
-            losses = torch.stack(pending).float()
+            # one reduction makes every rank agree on the losses since the last sync (a NaN on any rank reaches
+            # all), a stop signal and a timed checkpoint
+            *loss_sums, stops, dues = all_reduce_sum(torch.stack(pending).float().tolist()
+                                                     + [float(stop.received), float(due)], world, device)
             pending.clear()
-            # one reduction makes every rank agree on the loss, a stop signal and a timed checkpoint
-            loss_sum, stops, dues = all_reduce_sum([losses[-1].item(), float(stop.received), float(due)], world,
-                                                   device)
-            loss_value, want_ckpt = loss_sum / world, dues > 0
-            if stops and not stop.received:
+            losses = [x / world for x in loss_sums]
+            loss_value, want_ckpt, stopping = losses[-1], dues > 0, stops > 0
+            if stopping and not stop.received:
                 stop.received = signal.SIGTERM  # another rank was signalled
-            if not bool(losses.isfinite().all()):
-                first_bad = step - len(losses) + 1 + int((~losses.isfinite()).nonzero()[0])
-                log(f"step:{first_bad}/{hp.num_iterations} train_loss:{losses[first_bad - step - 1].item()}")
+            bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
+            if bad:
+                first_bad = step - len(losses) + 1 + bad[0]
+                log(f"step:{first_bad}/{hp.num_iterations} train_loss:{losses[bad[0]]}")
                 kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-                raise FloatingPointError(f"training loss became {losses[first_bad - step - 1].item()} at step "
-                                         f"{first_bad}; stopping ({kept}). Try a smaller learning rate or a tighter "
-                                         f"--w_max")
+                raise FloatingPointError(f"training loss became {losses[bad[0]]} at step {first_bad}; stopping "
+                                         f"({kept}). Try a smaller learning rate or a tighter --w_max")
             if step == start_step + ESTIMATE_AFTER and step < end_step:
-                say(time_estimate(hp, (time.monotonic() - wall0) / ESTIMATE_AFTER, step, end_step))
+                say(time_estimate(hp, (train_ms - train_ms_at_start) / 1000 / ESTIMATE_AFTER, step, end_step))
             if step % hp.log_every == 0 or step == end_step:
                 eta = (time.monotonic() - wall0) / (step - start_step) * (end_step - step)
                 log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
@@ -1290,7 +1304,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
     result.update(summary, step=step)
     resume_hint = f"{launch_command(argv, world)} --resume={ckpt_path}"
-    if stop.received:
+    if stopping:
         result["stopped"] = signal.Signals(stop.received).name
         log(f"stopped by {result['stopped']} at step {step}/{hp.num_iterations}; checkpoint {ckpt_path}")
         say(f"continue with: {resume_hint}")

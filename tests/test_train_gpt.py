@@ -335,6 +335,19 @@ def test_timed_checkpoints(shards, tmp_path, monkeypatch):
     assert saved_steps == [1, 2, 3, 4]
 
 
+def test_a_timed_checkpoint_is_taken_once_between_log_steps(shards, tmp_path, monkeypatch):
+    """The clock passes checkpoint_minutes once, at step 3 of 20 (log_every 10): one checkpoint there, at
+    the step that was due (the host syncs for it), and none again until the end."""
+    calls = itertools.count()
+    monkeypatch.setattr(tg.time, "monotonic", lambda: 0.0 if next(calls) < 4 else 3600.0)
+    saved_steps = []
+    real_save = tg.save_checkpoint
+    monkeypatch.setattr(tg, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
+                                                                                 real_save(path, m, o, hp, step, *a)))
+    tg.main(smoke_args(shards, tmp_path, "--run_id=once", "--num_iterations=20", "--checkpoint_minutes=30"))
+    assert saved_steps == [4, 20]  # due when step 4 ends (the clock's 5th reading), saved before step 5
+
+
 # ----------------------------------------------------------------------------- AdamW passes lr, decay and state
 
 
@@ -457,8 +470,13 @@ def test_a_step_that_cannot_fit_is_refused_before_anything_is_built(shards, tmp_
 
 
 MEMORY_PROBE = """
-import resource, sys, torch
+import sys, torch
 import train_gpt as tg
+
+def peak_rss():  # VmHWM: this process image's peak (getrusage's maxrss keeps the pre-exec parent's peak)
+    with open("/proc/self/status") as f:
+        return 1024 * next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
 torch.set_num_threads(1)
 hp = tg.Hyperparameters.from_args(sys.argv[1:])
 cpu = torch.device("cpu")
@@ -466,9 +484,9 @@ train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
 model = tg.make_model(hp)
 optimizers = tg.make_optimizers(model, hp)
 amp, _ = tg.autocast_for(hp, cpu)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak_rss()
 tg.train_step(model, optimizers, train, hp, 0, 0, 1, cpu, amp)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss()
 print((peak - before) / sum(tg.step_memory_bytes(hp, 1, cpu, "fp32").values()))
 """
 
@@ -478,6 +496,8 @@ print((peak - before) / sum(tg.step_memory_bytes(hp, 1, cpu, "fp32").values()))
 def test_step_memory_estimate_is_within_2x_of_the_measured_peak(shards, tmp_path, extra):
     """The estimate against the growth of the process's peak RSS over one step (measured 0.9-1.1x on the
     Shakespeare preset and these; 2x leaves room for other allocators)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux's /proc/self/status (VmHWM)")
     args = [*smoke_args(shards, tmp_path, *extra), "--vocab_size=256", "--dtype=fp32"]
     done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
