@@ -22,21 +22,13 @@ if ROOT not in sys.path:
 
 import lipschitz  # noqa: E402
 import train_gpt as tg  # noqa: E402
-
-
-class UsageError(Exception):
-    """A bad command line: printed as one line, exit status 2."""
+from tools.cli import Parser, UsageError, int_at_least, one_line  # noqa: E402,F401
 
 
 def load_model(path: str) -> tuple[tg.GPT, dict]:
     """The model saved by train_gpt.save_checkpoint, in eval mode, and the checkpoint dict
     (train_gpt.model_from_checkpoint)."""
     return tg.model_from_checkpoint(path)
-
-
-def one_line(e: Exception) -> str:
-    """An exception's message on one line (whole words: nothing is cut)."""
-    return " ".join(str(e).split())
 
 
 def fmt(log10_value: float) -> str:
@@ -86,24 +78,6 @@ def comparison_lines(rep: dict) -> list[str]:
     return lines
 
 
-def int_at_least(flag: str, low: int):
-    """argparse type: a whole number >= low, else a one-line UsageError naming the flag."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= {low}") from None
-        if value < low:
-            raise UsageError(f"{flag}={value}: must be >= {low}")
-        return value
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors (unknown flag, missing checkpoint) as one line
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
@@ -112,10 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seq_len", type=int_at_least("--seq_len", 1), default=16, help="tokens per searched sequence")
     ap.add_argument("--batch", type=int_at_least("--batch", 1), default=4, help="pairs optimized together per restart")
     ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
-    try:
-        return ap.parse_args(argv)
-    except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
-        raise UsageError(one_line(e)) from None
+    return ap.parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,17 +42,9 @@ import torch  # noqa: E402
 
 import train_gpt as tg  # noqa: E402
 from data import shakespeare  # noqa: E402
+from tools.cli import Parser, UsageError, int_at_least, one_line  # noqa: E402
 
 GPT2_EOT_TEXT = "<|endoftext|>"  # the one special token of GPT-2 BPE: a prompt may write it to start a document
-
-
-class UsageError(Exception):
-    """A bad command line: printed as one line, exit status 2."""
-
-
-def one_line(e: Exception) -> str:
-    """An exception's message on one line (whole words: nothing is cut)."""
-    return " ".join(str(e).split())
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -232,19 +224,6 @@ def sample_text(model: tg.GPT, tokenizer: dict, *, prompt: str | None = None, ma
 
 # ----------------------------------------------------------------------------- command line
 
-def int_at_least(flag: str, low: int):
-    """argparse type: a whole number >= low, else a one-line UsageError naming the flag."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= {low}") from None
-        if value < low:
-            raise UsageError(f"{flag}={value}: must be >= {low}")
-        return value
-    return parse
-
-
 def temperature_flag(text: str) -> float:
     """argparse type of --temperature: a finite number >= 0."""
     try:
@@ -266,11 +245,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors (unknown flag, missing checkpoint) as one line
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(description=__doc__.split("\n")[0], allow_abbrev=False)  # no abbreviations: a typo is an error
     ap.add_argument("checkpoint", help="a .pt file train_gpt.py wrote")
@@ -281,10 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--num_samples", type=int_at_least("--num_samples", 1), default=1)
     ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    try:
-        return ap.parse_args(argv)
-    except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
-        raise UsageError(one_line(e)) from None
+    return ap.parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,15 +49,12 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 import train_gpt  # noqa: E402
+from tools.cli import Parser, UsageError, int_at_least  # noqa: E402
 
 NANOGPT_BATCH = 64  # nanoGPT's shakespeare_char batch (and the paper's)
 # name -> (val_iters, batch) of the paper's stride-1 validation
 STRIDE1 = {"paper_20x64": (20, 64), "paper_50x64": (50, 64), "notebook_20x512": (20, 512)}
 PROTOCOLS = ("ours", "val_all", *STRIDE1, "nanogpt", "train")
-
-
-class UsageError(Exception):
-    """A bad command line or input file: printed as one line, exit status 2."""
 
 
 # ----------------------------------------------------------------------------- windows
@@ -206,37 +203,16 @@ def windows_table(result: dict) -> str:
 # ----------------------------------------------------------------------------- command line
 
 
-def at_least(flag: str, low: int):
-    """argparse type: a whole number >= low, else a one-line UsageError naming the flag."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{flag}={text!r}: not an integer; pass a whole number >= {low}") from None
-        if value < low:
-            raise UsageError(f"{flag}={value}: must be >= {low}")
-        return value
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors (unknown flag, no checkpoint) as one line
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoints", nargs="+", help="checkpoints written by train_gpt.py")
     ap.add_argument("--data", default=None, help="directory with the run's *train*.bin, *val*.bin "
                     "(default: the shard paths in each checkpoint's hyperparameters)")
-    ap.add_argument("--random-batches", type=at_least("--random-batches", 1), default=20,
+    ap.add_argument("--random-batches", type=int_at_least("--random-batches", 1), default=20,
                     help="batches of 64 random windows for the nanogpt protocol")
-    ap.add_argument("--seed", type=at_least("--seed", 0), default=0, help="seed of the nanogpt windows")
+    ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0, help="seed of the nanogpt windows")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
-    try:
-        return ap.parse_args(argv)
-    except argparse.ArgumentError as e:  # a type function's UsageError arrives wrapped on some Pythons
-        raise UsageError(" ".join(str(e).split())) from None
+    return ap.parse(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
