@@ -237,6 +237,11 @@ def test_json_with_data_flag_matches(tiny, capsys):
     assert res["windows"]["nanogpt"]["windows"] == 2 * 64
     assert res["windows"]["notebook_20x512"] == dict(split="val", windows=10240, first_start=0, last_start=10239,
                                                      stride=1, last_token=10239 + 16)
+    # --protocols: a subset, in PROTOCOLS order, with the same numbers
+    assert ep.main([tiny.ckpt, "--json", "--protocols", "paper_20x64,ours"]) == 0
+    sub = json.loads(capsys.readouterr().out)
+    assert sub["protocols"] == ["ours", "paper_20x64"] and list(sub["results"][0]["loss"]) == ["ours", "paper_20x64"]
+    assert sub["results"][0]["loss"]["paper_20x64"] == pytest.approx(res["loss"]["paper_20x64"], rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
@@ -258,6 +263,7 @@ def test_eval_protocols_bad_input(tiny, tmp_path, capsys):
     one_line_error(capsys, ep.main([tiny.ckpt, "--data", str(tmp_path / "nodir")]), "--data", "not a directory")
     one_line_error(capsys, ep.main([tiny.ckpt, "--data", str(tmp_path)]), "no train shards", "--data")
     one_line_error(capsys, ep.main([tiny.ckpt, "--random-batches", "0"]), "--random-batches")
+    one_line_error(capsys, ep.main([tiny.ckpt, "--protocols", "ours,paper"]), "--protocols")
     one_line_error(capsys, ep.main([tiny.ckpt, "--nonsense"]), "--nonsense")
     one_line_error(capsys, ep.main([]), "checkpoints")
 

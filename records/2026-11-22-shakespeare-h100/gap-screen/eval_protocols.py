@@ -2,7 +2,7 @@
 loss is the protocol rather than the model.
 
     PYTHONPATH=. python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py CKPT [CKPT ...] \
-        [--data DIR] [--random-batches 20] [--seed 0] [--json]
+        [--data DIR] [--random-batches 20] [--seed 0] [--json] [--protocols ours,val_all,...]
 
 --data DIR: the run's shards (DIR/*train*.bin, DIR/*val*.bin, same tokenizer as the run); without it, the
 shards at the train_files/val_files paths in each checkpoint's hyperparameters.
@@ -155,13 +155,16 @@ def open_splits(hp: train_gpt.Hyperparameters, data: str | None, path: str) -> d
     return streams
 
 
-def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: int) -> dict:
-    """{checkpoint, step, dtype, seq_len, loss: {protocol: nats}, windows: {protocol: describe_windows}}."""
+def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: int,
+                        protocols: tuple[str, ...] = PROTOCOLS) -> dict:
+    """{checkpoint, step, dtype, seq_len, loss: {protocol: nats}, windows: {protocol: describe_windows}}, for
+    the named protocols."""
     model, state = train_gpt.model_from_checkpoint(path)
     hp = model.hp
     splits = open_splits(hp, data, path)
     try:
         windows = protocol_windows(hp, splits["val"], splits["train"], random_batches, seed)
+        windows = {name: windows[name] for name in protocols}
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     amp, dtype = train_gpt.autocast_for(hp, torch.device("cpu"))
@@ -176,15 +179,15 @@ def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: 
 # ----------------------------------------------------------------------------- output
 
 
-def markdown_header() -> str:
-    return ("| checkpoint | step | dtype | " + " | ".join(PROTOCOLS) + " |\n"
-            + "|---|---|---|" + "---|" * len(PROTOCOLS))
+def markdown_header(protocols: tuple[str, ...] = PROTOCOLS) -> str:
+    return ("| checkpoint | step | dtype | " + " | ".join(protocols) + " |\n"
+            + "|---|---|---|" + "---|" * len(protocols))
 
 
 def markdown_row(result: dict) -> str:
     """One checkpoint: its name, step, autocast dtype, then the mean loss of each protocol (nats/token)."""
     return (f"| {os.path.basename(result['checkpoint'])} | {result['step']} | {result['dtype']} | "
-            + " | ".join(f"{result['loss'][k]:.4f}" for k in PROTOCOLS) + " |")
+            + " | ".join(f"{v:.4f}" for v in result["loss"].values()) + " |")
 
 
 def windows_table(result: dict) -> str:
@@ -192,8 +195,7 @@ def windows_table(result: dict) -> str:
     lines = [f"Windows of seq_len + 1 = {result['seq_len'] + 1} tokens read by each protocol "
              f"({os.path.basename(result['checkpoint'])}):",
              "| protocol | split | windows | starts | tokens spanned |", "|---|---|---|---|---|"]
-    for name in PROTOCOLS:
-        w = result["windows"][name]
+    for name, w in result["windows"].items():
         how = f"stride {w['stride']}" if w["stride"] is not None else "random"
         lines.append(f"| {name} | {w['split']} | {w['windows']} | {w['first_start']}..{w['last_start']} {how} | "
                      f"{w['first_start']}..{w['last_token']} |")
@@ -212,24 +214,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="batches of 64 random windows for the nanogpt protocol")
     ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0, help="seed of the nanogpt windows")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
+    ap.add_argument("--protocols", type=protocol_list, default=PROTOCOLS,
+                    help=f"comma-separated subset of {','.join(PROTOCOLS)} (default: all)")
     return ap.parse(argv)
+
+
+def protocol_list(text: str) -> tuple[str, ...]:
+    """argparse type of --protocols: names of PROTOCOLS, comma-separated, in PROTOCOLS order."""
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in PROTOCOLS]
+    if unknown or not names:
+        raise UsageError(f"--protocols={text!r}: choose from {','.join(PROTOCOLS)}")
+    return tuple(n for n in PROTOCOLS if n in names)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         if not args.json:
-            print(markdown_header(), flush=True)
+            print(markdown_header(args.protocols), flush=True)
         results = []
         for path in args.checkpoints:
-            results.append(evaluate_checkpoint(path, args.data, args.random_batches, args.seed))
+            results.append(evaluate_checkpoint(path, args.data, args.random_batches, args.seed, args.protocols))
             if not args.json:
                 print(markdown_row(results[-1]), flush=True)
     except (UsageError, FileNotFoundError, ValueError) as e:
         print(f"eval_protocols.py: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(dict(protocols=list(PROTOCOLS), results=results), indent=1))
+        print(json.dumps(dict(protocols=list(args.protocols), results=results), indent=1))
     else:
         print("\n" + windows_table(results[0]))
     return 0
