@@ -748,3 +748,21 @@ def test_one_flag_sweep_table_shows_the_changed_flag(tmp_path):
             "final_logit_scale=8.0 attn_logit_scale=8.0 lm_head_lr=0.005 lm_head_w_max=2.0 micro_batch_size=64.") in table
     assert compare.find_baseline(groups, "muon_lr=0.1") == list(groups)[1]  # its table label, exactly
     assert compare.runs_table(groups).splitlines()[3].startswith("| muon_lr=0.1 | r1.txt |")
+
+
+def test_bound_flag_selects_the_sharp_certificate(tmp_path, capsys):
+    """--bound=sharp reads lipschitz_bound_sharp_log10; a log without it shows no bound, not another one's."""
+    def log(name, sharp):
+        extra = f" lipschitz_bound_sharp_log10:{sharp}" if sharp is not None else ""
+        (tmp_path / name).write_text(
+            f'config: {{"w_max": {len(name)}, "seed": 0}}\n'
+            f"step:10/10 val_loss:2.0 val_acc:0.3 train_time:100ms step_avg:10.00ms\n"
+            f"step:10/10 lipschitz_bound_log10:5.0{extra}\n")
+    log("new.txt", 3.4)
+    log("older.txt", None)
+    assert compare.main([str(tmp_path), "--bound=sharp", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| 3.4 |" in out and "| 5.0 |" not in out
+    runs = compare.select_bound(compare.load_runs([str(tmp_path)]), "sharp")
+    bounds = {os.path.basename(r.path): compare.log10_bound(r.points[10]) for r in runs}
+    assert bounds == {"new.txt": 3.4, "older.txt": None}

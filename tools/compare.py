@@ -673,6 +673,24 @@ def log10_bound(point: dict[str, float]) -> float | None:
     return None
 
 
+# --bound: which logged certificate the table and plots use (the first is logged by every version)
+BOUND_FIELDS = {"appendix_c": "lipschitz_bound_log10", "sharp": "lipschitz_bound_sharp_log10"}
+
+
+def select_bound(runs: list[RunLog], which: str) -> list[RunLog]:
+    """The runs with `which` certificate (a key of BOUND_FIELDS) as their lipschitz_bound_log10, in place; a
+    log that lacks it (older code) then shows no bound rather than another certificate's."""
+    field_name = BOUND_FIELDS[which]
+    for run in runs:
+        for point in run.points.values():
+            if field_name in point:
+                point["lipschitz_bound_log10"] = point[field_name]
+            else:
+                point.pop("lipschitz_bound_log10", None)
+                point.pop("lipschitz_bound", None)
+    return runs
+
+
 def run_summary(run: RunLog) -> dict[str, float | None]:
     """Final numbers of one run: val_loss, val_acc, log10_bound, act_max_entry, step,
     train_time_s, tokens (step * tokens_per_step from the config); None where not logged."""
@@ -1236,6 +1254,9 @@ def main(argv: list[str] | None = None) -> int:
                              "seed/run_id/paths; logs without config by folder)")
     parser.add_argument("--plots", default="plots", help="directory for the PNG plots (default: plots)")
     parser.add_argument("--no-plots", action="store_true", help="do not write plots")
+    parser.add_argument("--bound", choices=tuple(BOUND_FIELDS), default="appendix_c",
+                        help="certified bound for the table and plots: appendix_c (lipschitz_bound_log10, logged by "
+                             "every version) or sharp (lipschitz_bound_sharp_log10, the tightest)")
     args = parser.parse_args(argv)
 
     try:
@@ -1247,7 +1268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare.py: --plots {args.plots}: {why}; give a writable directory or --no-plots",
               file=sys.stderr)
         return 2
-    runs = load_runs(args.paths)
+    runs = select_bound(load_runs(args.paths), args.bound)
     if not runs:
         print("compare.py: no log could be parsed", file=sys.stderr)
         return 2
