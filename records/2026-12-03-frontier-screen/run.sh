@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-12-03-frontier-screen
 STEPS=${STEPS:-200}; JOBS=${JOBS:-2}
-NAMES=${*:-w1 w1-fls4 w1.5 w2-als4 w1-als4 w1.5-als4 w2-head1 w1.25}
+NAMES=${*:-w1 w1-fls4 w1-fls3 w1-als4 w1.25 w1.5 w1.5-als4 w1.75-als4 w2 w2-als4}
 if [ ! -f data/tinyshakespeare/meta.json ]; then
   TXT=../shared/data/tinyshakespeare.txt
   [ -f "$TXT" ] || { TXT=data/tinyshakespeare/input.txt; python data/tinyshakespeare.py --out "$TXT"; }
