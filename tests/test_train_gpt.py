@@ -515,3 +515,29 @@ def test_time_estimate_and_sample_on_the_console_only(shards, tmp_path, capsys):
     assert len(sample.split("\n", 1)[1]) > 50
     run_lines = open(result["log"]).read().split(tg.SEPARATOR)[-1]
     assert "tools/sample.py" not in run_lines and "time estimate" not in run_lines
+
+
+def test_window_tensor_is_made_once_per_value(monkeypatch):
+    """A fresh torch.tensor on CUDA is a blocking copy: masks reuse one tensor per window value."""
+    tg.window_tensor.cache_clear()
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(tg.torch, "tensor", lambda *a, **k: (made.append(a), real(*a, **k))[1])
+    idx = torch.zeros(2, 32, dtype=torch.long)
+    for window in (8, 8, 16, 8, 16):
+        tg.AttentionMask(idx, 0, window)
+    assert made == [(8,), (16,)]
+
+
+def test_the_host_waits_only_at_log_validation_estimate_and_last_steps(shards, tmp_path, monkeypatch):
+    """20 steps, log_every 10, val_every 20: the trainer reads device values (one reduction each) after steps
+    3 (the time estimate), 10 and 20 only."""
+    synced_after = []
+    real = tg.all_reduce_sum
+    monkeypatch.setattr(tg, "all_reduce_sum", lambda values, *a: (synced_after.append(len(values) - 2),
+                                                                   real(values, *a))[1])
+    tg.main(smoke_args(shards, tmp_path, "--run_id=syncs", "--num_iterations=20", "--val_every=20",
+                       "--checkpoint_minutes=0"))
+    # a training reduction carries the losses of the steps since the last one, then the stop and checkpoint
+    # flags; each validation (steps 0 and 20) makes one of (loss sum, correct, count), counted here as 1
+    assert synced_after == [1, 3, 7, 10, 1]
