@@ -40,6 +40,7 @@ if ROOT not in sys.path:
 import constraints  # noqa: E402
 import lipschitz  # noqa: E402
 from data.files import atomic_write  # noqa: E402
+from data.shakespeare import GPT2_VOCAB  # noqa: E402
 from data.shards import read_shard  # noqa: E402
 from muon import ORTH_MAX_SINGULAR_VALUE, Muon, default_orth_dtype  # noqa: E402
 
@@ -617,9 +618,6 @@ def read_vocab_size(hp: Hyperparameters) -> int:
         raise FileNotFoundError(f"no meta.json with a vocab_size beside {hp.train_files!r}: pass --vocab_size= "
                                 f"or rebuild the shards")
     return int(meta["vocab_size"])
-
-
-GPT2_VOCAB = 50257
 
 
 def tokenizer_record(hp: Hyperparameters) -> dict:

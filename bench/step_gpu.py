@@ -28,6 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from data.shakespeare import GPT2_VOCAB  # noqa: E402
 from data.shards import write_shard  # noqa: E402
 
 RUNS = {  # label -> train_gpt.py flags
@@ -35,7 +36,6 @@ RUNS = {  # label -> train_gpt.py flags
     "lipschitz/none": ["--arch=lipschitz", "--constraint=none"],
     "speedrun/none": ["--arch=speedrun", "--constraint=none"],
 }
-GPT2_VOCAB = 50257
 SMOKE_VOCAB = 256
 STEP_RE = re.compile(r"^step:(\d+)/(\d+) .*step_avg:([\d.]+)ms")
 PEAK_RE = re.compile(r"^peak memory allocated: (\d+) MiB")
