@@ -102,6 +102,7 @@ def main():
     if args.worker:
         dist.init_process_group("gloo")
         run(args)
+        dist.barrier()  # no rank tears gloo down while a peer still uses it
         dist.destroy_process_group()
         return
     print(f"GPT-2 small shapes: {args.layers} layers (x6 matrices) + lm_head {VOCAB}x{D}; CPU threads "

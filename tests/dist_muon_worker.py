@@ -110,4 +110,7 @@ if __name__ == "__main__":
     rank = dist.get_rank()
     for name in names:
         torch.save(trajectories(name), os.path.join(out_dir, f"{name}_rank{rank}.pt"))
+    # Every rank is done with gloo before any tears it down: a rank still in a collective or in the teardown
+    # when a peer's process exits can abort ("terminate called without an active exception"), as CI saw once.
+    dist.barrier()
     dist.destroy_process_group()
