@@ -421,6 +421,70 @@ def padded_vocab(vocab_size: int) -> int:
     return 64 * math.ceil(vocab_size / 64)
 
 
+# The lm_head and cross-entropy, a chunk of tokens at a time: at GPT-2's vocabulary a micro-batch's float32
+# logits, softmax and gradient would take 3 x 48K x 50304 x 4 B = 28 GiB; one chunk takes about 3 GiB.
+LOSS_CHUNK_BYTES = 1 << 30  # float32 logits of one chunk (5,336 tokens at GPT-2's padded vocab)
+
+
+def loss_chunk_tokens(padded_vocab_size: int) -> int:
+    """Tokens per chunk of the loss, so that one chunk's float32 logits take about LOSS_CHUNK_BYTES."""
+    return max(1, LOSS_CHUNK_BYTES // (4 * padded_vocab_size))
+
+
+def head_logits(h: torch.Tensor, weight: torch.Tensor, scale: float, softcap: float) -> torch.Tensor:
+    """h (..., d) -> logits (..., padded vocab) in float32 (float64 for a float64 h): scale * h W^T, or, with
+    softcap > 0 (speedrun arch), softcap * tanh(h W^T / softcap). W is cast to h's dtype (bf16 under autocast)."""
+    z = F.linear(h, weight.to(h.dtype))
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return softcap * torch.tanh(z / softcap) if softcap > 0 else scale * z
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of head_logits(h, W)[:, :vocab_size] against targets, h (n, d), targets (n,) in
+    [0, vocab_size). It walks over chunks of `chunk` tokens and forms the gradients for h and W in the forward
+    pass (softmax minus one-hot, through the logit map), so no (n, vocab) tensor outlives its chunk; backward
+    only scales them. Value and gradients are F.cross_entropy's on the full logits, up to float rounding (the
+    matmuls run in h's dtype, as autograd's would)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, vocab_size: int, scale: float, softcap: float, chunk: int):
+        n = h.shape[0]
+        w = weight.to(h.dtype)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight)
+        loss_sum = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+        for start in range(0, n, chunk):
+            hc, tc = h[start:start + chunk], targets[start:start + chunk, None]
+            logits = head_logits(hc, w, scale, softcap)[:, :vocab_size]
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            loss_sum = loss_sum + (lse - logits.gather(1, tc)).sum()
+            g = torch.exp(logits - lse).scatter_add_(1, tc, torch.full_like(tc, -1, dtype=logits.dtype))
+            g = g * ((1 - (logits / softcap).square()) if softcap > 0 else scale) / n  # d loss / d (h W^T)
+            g = g.to(h.dtype)
+            grad_h[start:start + chunk] = g @ w[:vocab_size]
+            grad_w[:vocab_size] += (g.t() @ hc).to(grad_w.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss_sum / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None, None, None
+
+
+def chunked_loss_sums(h, weight, targets, vocab_size: int, scale: float, softcap: float, chunk: int):
+    """Without gradients: (summed cross-entropy, number of correct argmax predictions) of
+    head_logits(h, W)[:, :vocab_size] against targets, h (n, d), a chunk of tokens at a time."""
+    loss_sum = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
+    correct = torch.zeros((), dtype=torch.long, device=h.device)
+    for start in range(0, h.shape[0], chunk):
+        tc = targets[start:start + chunk]
+        logits = head_logits(h[start:start + chunk], weight, scale, softcap)[:, :vocab_size]
+        loss_sum = loss_sum + F.cross_entropy(logits, tc, reduction="sum")
+        correct = correct + (logits.argmax(-1) == tc).sum()
+    return loss_sum, correct
+
+
 class GPT(nn.Module):
     """Token ids (B, T) -> logits (B, T, padded vocab) or, given targets, the loss. arch "lipschitz":
     norm-free, every matrix capped, logits a certified-Lipschitz function of the embedding output
@@ -452,6 +516,16 @@ class GPT(nn.Module):
         """Embedding output x (B, T, d) -> logits (B, T, V_pad), in float32 (float64 in a float64 model). The
         function lipschitz.py certifies (in the ||.||_inf-RMS norm over tokens). `stats`, if given, receives
         per layer a (2,) tensor: (max |entry|, max token RMS) of the residual stream."""
+        return head_logits(self.hidden_from_embeddings(x, mask, stats), self.lm_head.weight, *self.logit_map)
+
+    @property
+    def logit_map(self) -> tuple[float, float]:
+        """(scale, softcap) of head_logits: final_logit_scale for the lipschitz arch, the tanh cap for speedrun."""
+        return (1.0, self.softcap) if self.arch == "speedrun" else (self.final_logit_scale, 0.0)
+
+    def hidden_from_embeddings(self, x, mask: AttentionMask | None = None, stats: list | None = None):
+        """Embedding output x (B, T, d) -> what the lm_head reads (B, T, d): the blocks' output (normed in the
+        speedrun arch). `stats` as in logits_from_embeddings."""
         if mask is None:
             mask = AttentionMask(torch.zeros(x.shape[:2], dtype=torch.long, device=x.device), -1, 0)
         if self.arch == "speedrun":
@@ -463,11 +537,7 @@ class GPT(nn.Module):
                 stats.append(torch.stack((xf.abs().amax(), xf.square().mean(-1).sqrt().amax())))
         if self.arch == "speedrun":
             x = rms_norm(x)
-        logits = self.lm_head(x)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if self.arch == "speedrun":
-            return self.softcap * torch.tanh(logits / self.softcap)
-        return self.final_logit_scale * logits
+        return x
 
     def forward(self, idx, targets=None, window: int = 0):
         """idx (B, T) -> logits (B, T, V_pad); with targets (B, T): the mean cross-entropy over the
@@ -478,17 +548,20 @@ class GPT(nn.Module):
         return self.loss(idx, targets, mask)
 
     def loss(self, idx, targets, mask: AttentionMask):
-        """The training loss: mean cross-entropy of (B, T) targets over the vocab_size real tokens."""
-        logits = self.logits_from_embeddings(self.embed(idx), mask)[..., :self.hp.vocab_size]
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        """The training loss: mean cross-entropy of (B, T) targets over the vocab_size real tokens, the lm_head
+        and loss taken a chunk of tokens at a time (ChunkedLinearCrossEntropy)."""
+        h = self.hidden_from_embeddings(self.embed(idx), mask).flatten(0, 1)
+        args = (self.hp.vocab_size, *self.logit_map, loss_chunk_tokens(self.lm_head.weight.shape[0]))
+        if not torch.is_grad_enabled():
+            return chunked_loss_sums(h, self.lm_head.weight, targets.flatten(), *args)[0] / h.shape[0]
+        return ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, targets.flatten(), *args)
 
     def eval_sums(self, idx, targets, mask: AttentionMask):
         """-> (summed loss, correct predictions, (n_layer, 2) activation maxima), all tensors (no host sync)."""
         stats: list = []
-        logits = self.logits_from_embeddings(self.embed(idx), mask, stats)[..., :self.hp.vocab_size]
-        flat = logits.reshape(-1, logits.size(-1))
-        loss_sum = F.cross_entropy(flat, targets.reshape(-1), reduction="sum")
-        correct = (flat.argmax(-1) == targets.reshape(-1)).sum()
+        h = self.hidden_from_embeddings(self.embed(idx), mask, stats).flatten(0, 1)
+        loss_sum, correct = chunked_loss_sums(h, self.lm_head.weight, targets.flatten(), self.hp.vocab_size,
+                                              *self.logit_map, loss_chunk_tokens(self.lm_head.weight.shape[0]))
         return loss_sum, correct, torch.stack(stats)
 
 
@@ -1046,7 +1119,8 @@ def step_memory_bytes(hp: Hyperparameters, world: int, device: torch.device, dty
       state        weights, gradients and optimizer state, float32 (4 copies of every parameter);
       activations  what autograd keeps for one micro-batch: per token and layer ~8 d_model + 6 inner + 3 hidden
                    values in the autocast dtype (residual copies; q, k, v, rotated, attention out; fc, gelu);
-      logits       float32 logits, their softmax and gradient (3 x tokens x padded vocab);
+      logits       float32 logits, their softmax and gradient for one chunk of the loss (3 x chunk tokens x
+                   padded vocab), and the lm_head's float32 gradient that the chunks add into;
       attention    on the CPU's SDPA path with windows or documents, the dense (micro batch, 1, T, T) mask:
                    ~4 bytes per entry (3.4 measured, torch 2.13's fused kernel; it never forms the scores).
                    FlexAttention (CUDA) and causal-only attention keep no T x T tensor."""
@@ -1059,7 +1133,7 @@ def step_memory_bytes(hp: Hyperparameters, world: int, device: torch.device, dty
     dense_mask = not use_flex_attention(device) and not causal_only
     return dict(state=4 * 4 * n_params,
                 activations=tokens * hp.n_layer * (8 * d + 6 * inner + 3 * hidden) * act_bytes,
-                logits=3 * tokens * V * 4,
+                logits=3 * min(tokens, loss_chunk_tokens(V)) * V * 4 + V * d * 4,
                 attention=4 * micro * T * T if dense_mask else 0)
 
 

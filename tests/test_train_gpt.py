@@ -12,6 +12,8 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
 
 import constraints
 import train_gpt as tg
@@ -388,9 +390,12 @@ def test_adamw_decay_constraint_replaces_adamw_decay():
 
 
 @pytest.mark.slow
-def test_compiled_loss_matches_eager():
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_compiled_loss_matches_eager(monkeypatch, chunks):
     """The compiled graph (embedding -> loss) computes the eager loss and gradients (float32, same ops;
-    1e-5 relative covers inductor's reordered reductions)."""
+    1e-5 relative covers inductor's reordered reductions), with the loss in one chunk or in three (the last
+    one shorter)."""
+    monkeypatch.setattr(tg, "LOSS_CHUNK_BYTES", 4 * 256 * (128 // chunks + 1))
     hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
     model = tg.make_model(hp)
     with torch.no_grad():
@@ -541,3 +546,78 @@ def test_the_host_waits_only_at_log_validation_estimate_and_last_steps(shards, t
     # a training reduction carries the losses of the steps since the last one, then the stop and checkpoint
     # flags; each validation (steps 0 and 20) makes one of (loss sum, correct, count), counted here as 1
     assert synced_after == [1, 3, 7, 10, 1]
+
+
+# ----------------------------------------------------------------------------- the chunked loss
+
+def reference_loss(h, weight, targets, vocab_size, scale, softcap):
+    return F.cross_entropy(tg.head_logits(h, weight, scale, softcap)[:, :vocab_size], targets)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), vocab=st.integers(2, 70), pad=st.integers(0, 9), chunk=st.integers(1, 50),
+       softcap=st.sampled_from([0.0, 2.0, 30.0]), scale=st.floats(0.25, 8.0), seed=st.integers(0, 2 ** 16))
+def test_chunked_cross_entropy_is_cross_entropy(n, vocab, pad, chunk, softcap, scale, seed):
+    """Loss and both gradients equal autograd through F.cross_entropy on the full logits, in float64 (1e-10:
+    only summation order differs), for every chunking, padding and logit map; the padded rows get no gradient."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (3 * torch.randn(vocab + pad, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    t = torch.randint(0, vocab, (n,), generator=g)
+    want = reference_loss(h, w, t, vocab, scale, softcap)
+    got = tg.ChunkedLinearCrossEntropy.apply(h, w, t, vocab, scale, softcap, chunk)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(0.7 * got, (h, w)), torch.autograd.grad(0.7 * want, (h, w))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        loss_sum, correct = tg.chunked_loss_sums(h, w, t, vocab, scale, softcap, chunk)
+        logits = tg.head_logits(h, w, scale, softcap)[:, :vocab]
+    torch.testing.assert_close(loss_sum, n * want.detach(), rtol=1e-10, atol=1e-12)
+    assert correct.item() == (logits.argmax(-1) == t).sum().item()
+
+
+def test_chunked_cross_entropy_under_bf16_autocast_tracks_autograd():
+    """Under bf16 autocast the matmuls run in bf16 as autograd's would: loss and gradients agree with autograd
+    through the full logits to bf16 rounding (2e-2 relative on gradients summed over 300 tokens)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 32, generator=g).bfloat16().requires_grad_()
+    w = (0.3 * torch.randn(128, 32, generator=g)).requires_grad_()
+    t = torch.randint(0, 100, (300,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = reference_loss(h, w, t, 100, 8.0, 0.0)
+        got = tg.ChunkedLinearCrossEntropy.apply(h, w, t, 100, 8.0, 0.0, 70)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    (gh, gw), (wh, ww) = torch.autograd.grad(got, (h, w)), torch.autograd.grad(want, (h, w))
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    for a, b in ((gh, wh), (gw, ww)):
+        assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
+
+
+def test_training_loss_keeps_no_tokens_by_vocab_tensor(monkeypatch):
+    """With the loss in chunks, autograd saves nothing with a vocab dimension but the lm_head's gradient: the
+    (tokens, vocab) logits are never kept for backward (the point of chunking). Vocab 300 (padded 320) is a
+    size no other tensor of the smoke model has."""
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=300, seq_len=32)
+    model = tg.make_model(hp)
+    monkeypatch.setattr(tg, "LOSS_CHUNK_BYTES", 4 * 320 * 16)  # 16-token chunks of 128 tokens
+    idx = torch.randint(0, 300, (4, 33))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
+        loss = model.loss(idx[:, :-1], idx[:, 1:], tg.AttentionMask(idx[:, :-1], hp.bos_token, 0))
+    assert [s for s in saved if 300 in s or 320 in s] == [torch.Size([320, hp.d_model])]
+    loss.backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_loss_without_grad_is_the_training_loss():
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
+    model = tg.make_model(hp)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.02)
+    idx = torch.randint(0, 256, (4, 33))
+    mask = tg.AttentionMask(idx[:, :-1], hp.bos_token, 0)
+    with torch.no_grad():
+        quiet = model.loss(idx[:, :-1], idx[:, 1:], mask)
+        logits = model(idx[:, :-1])[..., :256]
+    torch.testing.assert_close(model.loss(idx[:, :-1], idx[:, 1:], mask).detach(), quiet, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(quiet, F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()), rtol=1e-6, atol=1e-6)
