@@ -389,6 +389,16 @@ def test_adamw_decay_constraint_replaces_adamw_decay():
 # ----------------------------------------------------------------------------- the compiled loss
 
 
+def smoke_model_and_batch():
+    """(smoke model with vocab 256, seq 32 and a non-zero lm_head, token ids (4, 33), the causal mask)."""
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
+    model = tg.make_model(hp)
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 0.02)
+    idx = torch.randint(0, 256, (4, 33))
+    return model, idx, tg.AttentionMask(idx[:, :-1], hp.bos_token, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chunks", [1, 3])
 def test_compiled_loss_matches_eager(monkeypatch, chunks):
@@ -396,12 +406,7 @@ def test_compiled_loss_matches_eager(monkeypatch, chunks):
     1e-5 relative covers inductor's reordered reductions), with the loss in one chunk or in three (the last
     one shorter)."""
     monkeypatch.setattr(tg, "LOSS_CHUNK_BYTES", 4 * 256 * (128 // chunks + 1))
-    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
-    model = tg.make_model(hp)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.02)
-    idx = torch.randint(0, 256, (4, 33))
-    mask = tg.AttentionMask(idx[:, :-1], hp.bos_token, 0)
+    model, idx, mask = smoke_model_and_batch()
     eager_fns, compiled_fns = tg.model_fns(model, compile=False), tg.model_fns(model, compile=True)
     losses, grads = [], []
     for fns in (eager_fns, compiled_fns):
@@ -610,12 +615,7 @@ def test_training_loss_keeps_no_tokens_by_vocab_tensor(monkeypatch):
 
 
 def test_loss_without_grad_is_the_training_loss():
-    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256, seq_len=32)
-    model = tg.make_model(hp)
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0, 0.02)
-    idx = torch.randint(0, 256, (4, 33))
-    mask = tg.AttentionMask(idx[:, :-1], hp.bos_token, 0)
+    model, idx, mask = smoke_model_and_batch()
     with torch.no_grad():
         quiet = model.loss(idx[:, :-1], idx[:, 1:], mask)
         logits = model(idx[:, :-1])[..., :256]

@@ -7,11 +7,13 @@
 #   JOBS=2 bash records/2026-12-03-protocol-table/run.sh [NAME ...]      (from any directory)
 # NAME: w<cap>[-als<attn logit scale>][-fls<final logit scale>][-head<lm_head cap>][-s<seed>] (soft cap), or
 # adamw[-s<seed>] (AdamW + weight decay 0.1, no constraint). Default: the protocol table's seven runs.
-# STEPS (default 2000) and CKPT_DIR / LOG_DIR exist for the test that runs this script on a tiny input.
+# STEPS (default 2000), VAL_EVERY (100), CKPT_DIR and LOG_DIR let the 200-step frontier screen
+# (records/2026-12-03-frontier-screen/run.sh) run through this script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-12-03-protocol-table
-STEPS=${STEPS:-2000}; JOBS=${JOBS:-2}; CKPT_DIR=${CKPT_DIR:-checkpoints/protocol}; LOG_DIR=${LOG_DIR:-$HERE/logs}
+STEPS=${STEPS:-2000}; JOBS=${JOBS:-2}; VAL_EVERY=${VAL_EVERY:-100}
+CKPT_DIR=${CKPT_DIR:-checkpoints/protocol}; LOG_DIR=${LOG_DIR:-$HERE/logs}
 NAMES=${*:-w2-s0 w2-s1 w2-s2 w3-s0 w3-s1 w3-s2 adamw-s0}
 if [ ! -f data/tinyshakespeare/meta.json ]; then
   TXT=../shared/data/tinyshakespeare.txt
@@ -19,7 +21,7 @@ if [ ! -f data/tinyshakespeare/meta.json ]; then
   python data/shakespeare.py --input "$TXT" --out data/tinyshakespeare
 fi
 COMMON=(--preset=shakespeare --train_files='data/tinyshakespeare/*train*.bin' --val_files='data/tinyshakespeare/*val*.bin'
-        --num_iterations="$STEPS" --val_every=100 --log_every=25 --muon_momentum_warmup_steps=30 --dtype=auto
+        --num_iterations="$STEPS" --val_every="$VAL_EVERY" --log_every=25 --muon_momentum_warmup_steps=30 --dtype=auto
         --checkpoint_minutes=10 --log_dir="$LOG_DIR" --checkpoint_dir="$CKPT_DIR")
 flags() {  # the flags of one named run
   local name=$1 seed=0 parts out=""
@@ -45,6 +47,6 @@ for name in $NAMES; do
   resume=(); [ -f "$CKPT_DIR/$name.pt" ] && resume=(--resume="$CKPT_DIR/$name.pt")
   # shellcheck disable=SC2046
   OMP_NUM_THREADS=1 python train_gpt.py "${COMMON[@]}" --run_id="$name" $(flags "$name") "${resume[@]}" \
-    >> "/tmp/protocol-$name.out" 2>&1 || echo "run $name exited with $?" &
+    >> "/tmp/$(basename "$CKPT_DIR")-$name.out" 2>&1 || echo "run $name exited with $?" &
 done
 wait
