@@ -131,8 +131,30 @@ def check_train_vs_val(tiny, proc):
     assert row[1] == "5" and row[2].endswith("(n=1)") and finite([row[3]])
 
 
+def scores_of_tiny(tiny) -> str:
+    """eval_protocols.py --json of the tiny checkpoint (two protocols), as the protocol table's input."""
+    path = tiny.dir / "scores.json"
+    if not path.exists():
+        proc = run_script(f"{GAP}/eval_protocols.py", tiny.ckpt, "--json", "--protocols", "ours,paper_20x64",
+                          cwd=tiny.dir)
+        assert proc.returncode == 0, proc.stderr
+        path.write_text(proc.stdout)
+    return str(path)
+
+
+def check_protocol_table(tiny, proc):
+    (row,) = table_rows(proc.stdout, "smoke")
+    assert row[1] == "1" and f"{float(row[2]):.4f}" == f"{tiny.val_loss:.4f}"  # ours, one seed: no spread
+    assert finite([row[4]])[0] > 0 and row[3] == "-"  # paper 20x64 scored; the whole split was not asked for
+    assert f"{float(row[9]):.4f}" == f"{tiny.val_loss:.4f}"  # min over the run's validations (only step 5)
+    assert proc.stdout.strip().splitlines()[-1].startswith("Under the paper's own protocol")
+    assert "our smoke model scores" in proc.stdout and "(1 seed), against the paper's 1.29" in proc.stdout
+
+
 # relative path -> (arguments given the `tiny` fixture, check of the finished process)
 RECIPES = {
+    "records/2026-12-03-protocol-table/table.py": (
+        lambda t: [scores_of_tiny(t), "--logs", os.path.dirname(t.log), "--config", "smoke"], check_protocol_table),
     f"{GAP}/eval_protocols.py": (lambda t: [t.ckpt], check_eval_protocols),
     f"{GAP}/accounting.py": (lambda t: [t.ckpt], check_accounting),
     f"{GAP}/ngram_difficulty.py": (lambda t: [t.text, "--orders", "1,3", "--ours-chars", "8192"],
@@ -281,3 +303,9 @@ def test_other_scripts_bad_input(tiny, tmp_path, capsys):
     tvv = load_script(f"{GAP}/train_vs_val.py")
     one_line_error(capsys, tvv.main([str(tmp_path / "missing.txt")]), "missing.txt")
     one_line_error(capsys, tvv.main([tiny.log, "--last", "0"]), "--last")
+    table = load_script("records/2026-12-03-protocol-table/table.py")
+    one_line_error(capsys, table.main([str(tmp_path / "missing.json")]), "missing.json", "eval_protocols.py --json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    one_line_error(capsys, table.main([str(tmp_path / "list.json")]), "list.json", "results")
+    one_line_error(capsys, table.main([scores_of_tiny(tiny), "--logs", str(tmp_path)]), "smoke.txt", "--logs")
+    one_line_error(capsys, table.main([]), "scores")

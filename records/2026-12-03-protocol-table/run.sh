@@ -6,7 +6,8 @@
 # run is reported as such and skipped.
 #   JOBS=2 bash records/2026-12-03-protocol-table/run.sh [NAME ...]      (from any directory)
 # NAME: w<cap>[-als<attn logit scale>][-fls<final logit scale>][-head<lm_head cap>][-s<seed>] (soft cap), or
-# adamw[-s<seed>] (AdamW + weight decay 0.1, no constraint). Default: the protocol table's seven runs.
+# adamw[-s<seed>] (AdamW + weight decay 0.1, no constraint). Default: the protocol table's seven runs, then
+# the 200-step frontier screen's best per bound bucket at full length.
 # STEPS (default 2000), VAL_EVERY (100), CKPT_DIR and LOG_DIR let the 200-step frontier screen
 # (records/2026-12-03-frontier-screen/run.sh) run through this script.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/../.."
 HERE=records/2026-12-03-protocol-table
 STEPS=${STEPS:-2000}; JOBS=${JOBS:-2}; VAL_EVERY=${VAL_EVERY:-100}
 CKPT_DIR=${CKPT_DIR:-checkpoints/protocol}; LOG_DIR=${LOG_DIR:-$HERE/logs}
-NAMES=${*:-w2-s0 w2-s1 w2-s2 w3-s0 w3-s1 w3-s2 adamw-s0}
+NAMES=${*:-w2-s0 w2-s1 w2-s2 w3-s0 w3-s1 w3-s2 adamw-s0 w1-als4 w1.25 w1.75-als4}
 if [ ! -f data/tinyshakespeare/meta.json ]; then
   TXT=../shared/data/tinyshakespeare.txt
   [ -f "$TXT" ] || { TXT=data/tinyshakespeare/input.txt; python data/tinyshakespeare.py --out "$TXT"; }

@@ -1,0 +1,130 @@
+"""The protocol table of issue 17: every checkpoint scored under every protocol, seeds pooled per configuration
+(mean ± sample std), beside what the run's log says (the minimum of its own validations, its sharp certified
+bound), and the README's Results line for the w_max 2 runs.
+
+    python records/2026-12-03-protocol-table/table.py SCORES_JSON [--logs DIR] [--paper 1.29] [--config w2]
+
+SCORES_JSON: the output of
+    python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py checkpoints/protocol/*.pt --json
+--logs: the runs' logs, <run_id>.txt (default: this folder's logs/). A configuration is the run id without its
+-s<seed> suffix. Only complete runs (the checkpoint's step is the log's last step M) enter the means; the others
+are listed with the step they reached. The paper's protocols are scored on the final checkpoint only: the
+logs hold our protocol's validations, so "min over the run" exists for ours alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from tools.cli import Parser, UsageError  # noqa: E402
+from tools.compare import LogFormatError, mean_std, parse_log  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COLUMNS = [("ours", "ours"), ("val_all", "whole val split"), ("paper_20x64", "paper 20x64"),
+           ("paper_50x64", "paper 50x64"), ("notebook_20x512", "notebook 20x512"), ("nanogpt", "nanoGPT random"),
+           ("train", "train split")]
+
+
+def config_name(run_id: str) -> str:
+    """'w2-s1' -> 'w2': the run id without its seed suffix."""
+    return re.sub(r"-s\d+$", "", run_id)
+
+
+def read_scores(path: str) -> list[dict]:
+    try:
+        with open(path) as f:
+            scores = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not a readable eval_protocols.py --json output ({e})") from None
+    results = scores.get("results") if isinstance(scores, dict) else None
+    if not isinstance(results, list) or not all(isinstance(r, dict) and "checkpoint" in r and "loss" in r
+                                                for r in results):
+        raise UsageError(f"{path}: no 'results' list of checkpoints with losses (make it with eval_protocols.py --json)")
+    return results
+
+
+def run_rows(results: list[dict], logs: str) -> list[dict]:
+    """One dict per checkpoint: run id, config, step, losses by protocol, complete, and from its log the last
+    step M, the minimum val loss over its validations and the sharp bound (log10) at its last validation."""
+    rows = []
+    for r in results:
+        run_id = os.path.basename(r["checkpoint"])[:-len(".pt")] if r["checkpoint"].endswith(".pt") else r["checkpoint"]
+        path = os.path.join(logs, f"{run_id}.txt")
+        try:
+            log = parse_log(path)
+        except (OSError, LogFormatError) as e:
+            raise UsageError(f"{path}: no readable log for checkpoint {r['checkpoint']} ({e}); pass --logs DIR") from None
+        vals = [log.points[s]["val_loss"] for s in log.val_steps]
+        rows.append(dict(run_id=run_id, config=config_name(run_id), step=r["step"], loss=r["loss"],
+                         num_iterations=log.num_iterations, complete=r["step"] == log.num_iterations,
+                         min_ours=min(vals) if vals else None,
+                         sharp=log.final.get("lipschitz_bound_sharp_log10")))
+    return rows
+
+
+def fmt(values: list) -> str:
+    mean, std, n = mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def table(rows: list[dict]) -> str:
+    done = [r for r in rows if r["complete"]]
+    configs = sorted({r["config"] for r in done})
+    head = ["config", "seeds", *[name for _, name in COLUMNS], "min of ours over the run", "sharp bound (log10)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in configs:
+        group = [r for r in done if r["config"] == c]
+        cells = [c, str(len(group))]
+        cells += [fmt([r["loss"].get(p) for r in group]) for p, _ in COLUMNS]
+        cells += [fmt([r["min_ours"] for r in group]), fmt([r["sharp"] for r in group])]
+        lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if not r["complete"]:
+            lines.append(f"\nnot in the means: {r['run_id']} (checkpoint at step {r['step']} of {r['num_iterations']})")
+    return "\n".join(lines)
+
+
+def results_line(rows: list[dict], paper: float, config: str = "w2") -> str:
+    group = [r for r in rows if r["complete"] and r["config"] == config]
+    mean, std, n = mean_std([r["loss"].get("paper_20x64") for r in group])
+    if mean is None:
+        return f"no complete {config} run scored under paper_20x64 yet: no Results line"
+    whole, whole_std, _ = mean_std([r["loss"].get("val_all") for r in group])
+    name = f"w_max {config[1:]}" if re.fullmatch(r"w[\d.]+", config) else config
+    line = (f"Under the paper's own protocol (the first 1,536 characters of the val split, as its final "
+            f"Shakespeare sweeps score), our {name} model scores {mean:.3f}{plus_minus(std)} ({n} seed"
+            f"{'s' if n != 1 else ''}), against the paper's {paper}")
+    return line + ("." if whole is None else f"; on the whole val split, {whole:.3f}{plus_minus(whole_std)}.")
+
+
+def plus_minus(std: float | None) -> str:
+    return "" if std is None else f" ± {std:.3f}"
+
+
+def main(argv=None) -> int:
+    parser = Parser(description=__doc__.split("\n")[0])
+    parser.add_argument("scores")
+    parser.add_argument("--logs", default=os.path.join(HERE, "logs"))
+    parser.add_argument("--paper", type=float, default=1.29, help="the paper's number for the Results line")
+    parser.add_argument("--config", default="w2", help="the configuration of the Results line")
+    try:
+        args = parser.parse(argv)
+        rows = run_rows(read_scores(args.scores), args.logs)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    print()
+    print(results_line(rows, args.paper, args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
