@@ -110,7 +110,10 @@ if __name__ == "__main__":
     rank = dist.get_rank()
     for name in names:
         torch.save(trajectories(name), os.path.join(out_dir, f"{name}_rank{rank}.pt"))
-    # Every rank is done with gloo before any tears it down: a rank still in a collective or in the teardown
-    # when a peer's process exits can abort ("terminate called without an active exception"), as CI saw once.
+    # CI once saw a rank abort at exit ("terminate called without an active exception": a C++ thread still
+    # joinable when static destructors run). So: every rank is done with gloo before any tears it down, and
+    # the process then leaves without running those destructors (its files are written and closed).
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
