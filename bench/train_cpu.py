@@ -1,10 +1,12 @@
 """Tokens/s of a training preset on this machine, and the share of step time spent in the constraint.
 
-    python bench/train_cpu.py [--preset=shakespeare] [--steps=6] [--dtype=auto] [any --field=value]
+    python bench/train_cpu.py [--preset=shakespeare] [--steps=6] [--dtype=auto] [--compiled] [any --field=value]
 
 Runs the same steps with the preset's constraint and with constraint=none, interleaved (so both see the
 same machine load), and also times every constraints.apply call inside the constrained run. Prints
-ratios; the target for the Shakespeare preset is a constraint share under 10% of step time.
+ratios; the target for the Shakespeare preset is a constraint share under 10% of step time. --compiled adds
+a third run, the constrained one with its loss torch.compile'd (what --compile=auto picks for long CPU runs),
+and prints its step time against the eager one; its warm-up step (step 0, untimed) compiles.
 --dtype=auto (the default) is bf16 only on CPUs with native bf16 (emulated bf16 is ~30x slower); the
 dtype actually used is printed.
 """
@@ -34,9 +36,9 @@ class Timed:
         return out
 
 
-def setup(hp):
+def setup(hp, compile=False):
     model = tg.make_model(hp)
-    return model, tg.make_optimizers(model, hp)
+    return model, tg.make_optimizers(model, hp), tg.model_fns(model, compile=compile).loss
 
 
 def main(argv):
@@ -44,7 +46,8 @@ def main(argv):
         print(__doc__.strip())
         return
     steps = [a for a in argv if a.startswith("--steps=")]
-    rest = [a for a in argv if not a.startswith("--steps=")]
+    compiled = "--compiled" in argv
+    rest = [a for a in argv if not a.startswith("--steps=") and a != "--compiled"]
     try:
         steps = int(steps[-1].split("=", 1)[1]) if steps else 6
     except ValueError:
@@ -59,17 +62,19 @@ def main(argv):
     train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
     amp, dtype_used = tg.autocast_for(hp, torch.device("cpu"))
     runs = {"constrained": (hp, *setup(hp)), "none": (hp_none, *setup(hp_none))}
+    if compiled:
+        runs["compiled"] = (hp, *setup(hp, compile=True))
     timer = Timed()
     times = {k: [] for k in runs}
     apply_seconds = 0.0
     print(f"preset {hp.preset}: d {hp.d_model}, {hp.n_layer} layers, batch {hp.batch_size}x{hp.seq_len}, "
           f"{dtype_used} (--dtype={hp.dtype}), constraint {hp.constraint}, {torch.get_num_threads()} threads; {steps} timed steps each")
     for step in range(steps + 1):  # step 0 is warm-up, untimed
-        for name, (h, model, opts) in runs.items():
+        for name, (h, model, opts, loss_fn) in runs.items():
             constraints.apply = timer if name == "constrained" else timer.inner
             before = timer.seconds
             t0 = time.perf_counter()
-            tg.train_step(model, opts, train, h, step, 0, 1, torch.device("cpu"), amp)
+            tg.train_step(model, opts, train, h, step, 0, 1, torch.device("cpu"), amp, loss_fn)
             if step:
                 times[name].append(time.perf_counter() - t0)
                 if name == "constrained":
@@ -81,6 +86,9 @@ def main(argv):
     print(f"step time constrained / unconstrained: {t_con / t_none:.3f}")
     print(f"constraint share of step time, timed inside constraints.apply: {apply_seconds / steps / t_con:.1%}")
     print(f"constraint share of step time, by difference of the two runs:  {max(0.0, t_con - t_none) / t_con:.1%}")
+    if compiled:
+        t_comp = sum(times["compiled"]) / steps
+        print(f"step time compiled / eager (constrained): {t_comp / t_con:.3f}  ({tokens / t_comp:,.0f} tokens/s compiled)")
 
 
 if __name__ == "__main__":

@@ -621,3 +621,40 @@ def test_loss_without_grad_is_the_training_loss():
         logits = model(idx[:, :-1])[..., :256]
     torch.testing.assert_close(model.loss(idx[:, :-1], idx[:, 1:], mask).detach(), quiet, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(quiet, F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- compile on the CPU
+
+def test_compile_auto_compiles_on_cuda_and_long_cpu_runs_with_a_compiler(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    hp = lambda **kw: tg.Hyperparameters.from_preset("shakespeare", **kw)  # noqa: E731
+    monkeypatch.setattr(tg.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert tg.compile_choice(hp(), cuda)[0] and tg.compile_choice(hp(), cpu) == (True, "auto: a CPU run of 2000 steps, g++ found")
+    assert not tg.compile_choice(hp(num_iterations=tg.COMPILE_MIN_CPU_STEPS - 1), cpu)[0]
+    assert tg.compile_choice(hp(num_iterations=10, compile="yes"), cpu) == (True, "--compile=yes")
+    assert tg.compile_choice(hp(compile="no"), cuda) == (False, "--compile=no")
+    monkeypatch.setattr(tg.shutil, "which", lambda name: None)
+    compiled, why = tg.compile_choice(hp(), cpu)
+    assert not compiled and "no C++ compiler (g++)" in why and "install g++" in why
+
+
+def test_a_cpu_toolchain_that_cannot_compile_falls_back_to_eager(shards, tmp_path, monkeypatch):
+    """compile=auto on a CPU: if inductor fails in the untimed warm-up, the run trains eagerly and says why;
+    with an explicit --compile=yes the failure is the user's to see."""
+    import torch._dynamo.exc as dynamo_exc
+    failure = dynamo_exc.BackendCompilerFailed("inductor", RuntimeError("InvalidCxxCompiler: no working C++ compiler"), None)
+    eager_fns = tg.model_fns
+
+    def failing_when_compiled(model, compile):
+        fns = eager_fns(model, compile=False)
+        if compile:
+            fns.loss = lambda *a: (_ for _ in ()).throw(failure)
+        return fns
+    monkeypatch.setattr(tg, "model_fns", failing_when_compiled)
+    monkeypatch.setattr(tg, "compile_choice", lambda hp, device: (hp.compile != "no", "test"))
+    result = tg.main(smoke_args(shards, tmp_path, "--run_id=fallback", "--num_iterations=3", "--val_every=3"))
+    log = open(result["log"]).read()
+    assert "torch.compile: no (auto: compiling failed (backend='?' raised: RuntimeError: InvalidCxxCompiler" in log
+    assert result["val_loss"] > 0
+    with pytest.raises(dynamo_exc.BackendCompilerFailed):
+        tg.main(smoke_args(shards, tmp_path, "--run_id=strict", "--num_iterations=3", "--compile=yes"))
