@@ -181,8 +181,8 @@ def test_every_recipe_names_a_script():
 
 
 @pytest.mark.parametrize("rel", sorted(os.path.relpath(p, ROOT) for p in
-                                       glob.glob(os.path.join(ROOT, "records", "**", "run.sh"), recursive=True)))
-def test_run_sh_parses(rel):
+                                       glob.glob(os.path.join(ROOT, "records", "**", "*.sh"), recursive=True)))
+def test_shell_scripts_parse(rel):
     proc = subprocess.run(["bash", "-n", os.path.join(ROOT, rel)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -287,6 +287,8 @@ def test_eval_protocols_bad_input(tiny, tmp_path, capsys):
     one_line_error(capsys, ep.main([tiny.ckpt, "--random-batches", "0"]), "--random-batches")
     one_line_error(capsys, ep.main([tiny.ckpt, "--protocols", "ours,paper"]), "--protocols")
     one_line_error(capsys, ep.main([tiny.ckpt, "--nonsense"]), "--nonsense")
+    if not torch.cuda.is_available():
+        one_line_error(capsys, ep.main([tiny.ckpt, "--device", "cuda"]), "--device=cuda", "--device=cpu")
     one_line_error(capsys, ep.main([]), "checkpoints")
 
 

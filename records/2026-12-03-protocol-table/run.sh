@@ -9,7 +9,8 @@
 # adamw[-s<seed>] (AdamW + weight decay 0.1, no constraint). Default: the protocol table's seven runs, then
 # the 200-step frontier screen's best per bound bucket at full length.
 # STEPS (default 2000), VAL_EVERY (100), CKPT_DIR and LOG_DIR let the 200-step frontier screen
-# (records/2026-12-03-frontier-screen/run.sh) run through this script.
+# (records/2026-12-03-frontier-screen/run.sh) and the GPU wave (gpu_wave.sh) run through this script; EXTRA
+# holds flags added to every run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-12-03-protocol-table
@@ -47,7 +48,7 @@ for name in $NAMES; do
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
   resume=(); [ -f "$CKPT_DIR/$name.pt" ] && resume=(--resume="$CKPT_DIR/$name.pt")
   # shellcheck disable=SC2046
-  OMP_NUM_THREADS=1 python train_gpt.py "${COMMON[@]}" --run_id="$name" $(flags "$name") "${resume[@]}" \
+  OMP_NUM_THREADS=1 python train_gpt.py "${COMMON[@]}" --run_id="$name" $(flags "$name") ${EXTRA:-} "${resume[@]}" \
     >> "/tmp/$(basename "$CKPT_DIR")-$name.out" 2>&1 || echo "run $name exited with $?" &
 done
 wait

@@ -2,15 +2,16 @@
 loss is the protocol rather than the model.
 
     PYTHONPATH=. python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py CKPT [CKPT ...] \
-        [--data DIR] [--random-batches 20] [--seed 0] [--json] [--protocols ours,val_all,...]
+        [--data DIR] [--random-batches 20] [--seed 0] [--json] [--protocols ours,val_all,...] [--device auto]
 
 --data DIR: the run's shards (DIR/*train*.bin, DIR/*val*.bin, same tokenizer as the run); without it, the
 shards at the train_files/val_files paths in each checkpoint's hyperparameters.
 
 Every protocol is a set of windows of seq_len + 1 tokens (the run's seq_len) of one split; its number is
 the mean next-token cross-entropy (nats/token) over every target of every window, summed as
-train_gpt.evaluate sums it (model.eval_sums in chunks of the run's micro_batch_size, under the run's
-autocast, with the run's attention window at the checkpoint's step). Protocols:
+train_gpt.evaluate sums it (model.eval_sums in chunks of the run's micro_batch_size, under the autocast
+train_gpt would use on --device (auto: CUDA if there is one; bf16 there, as a GPU run validates), with the
+run's attention window at the checkpoint's step). Protocols:
 - ours:            the run's own validation: the first val_tokens of the val split in back-to-back windows
                    (train_gpt.evaluate's windows; the test checks the two agree).
 - val_all:         every back-to-back window of the val split (all 111,540 tokens of tiny Shakespeare's last 10%).
@@ -116,11 +117,13 @@ def describe_windows(split: str, starts: np.ndarray, seq_len: int) -> dict:
 @torch.no_grad()
 def mean_loss(model: train_gpt.GPT, stream: train_gpt.TokenStream, starts: np.ndarray, amp, window: int) -> float:
     """Mean next-token cross-entropy (nats) over every target of the windows stream[s : s + seq_len + 1], s in
-    starts: model.eval_sums on chunks of hp.micro_batch_size windows, float64 totals, as train_gpt.evaluate."""
+    starts: model.eval_sums on chunks of hp.micro_batch_size windows, float64 totals, as train_gpt.evaluate.
+    The windows go to the model's device."""
     hp = model.hp
+    device = model.lm_head.weight.device
     loss_total, count = 0.0, 0
     for i in range(0, len(starts), hp.micro_batch_size):
-        x, y = train_gpt.token_batch(stream, starts[i:i + hp.micro_batch_size], hp.seq_len, torch.device("cpu"))
+        x, y = train_gpt.token_batch(stream, starts[i:i + hp.micro_batch_size], hp.seq_len, device)
         with amp:
             loss_sum, _, _ = model.eval_sums(x, y, train_gpt.AttentionMask(x, hp.bos_token, window))
         loss_total += loss_sum.double().item()
@@ -156,10 +159,11 @@ def open_splits(hp: train_gpt.Hyperparameters, data: str | None, path: str) -> d
 
 
 def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: int,
-                        protocols: tuple[str, ...] = PROTOCOLS) -> dict:
+                        protocols: tuple[str, ...] = PROTOCOLS, device: torch.device = torch.device("cpu")) -> dict:
     """{checkpoint, step, dtype, seq_len, loss: {protocol: nats}, windows: {protocol: describe_windows}}, for
-    the named protocols."""
+    the named protocols, evaluated on `device`."""
     model, state = train_gpt.model_from_checkpoint(path)
+    model = model.to(device)
     hp = model.hp
     splits = open_splits(hp, data, path)
     try:
@@ -167,7 +171,7 @@ def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: 
         windows = {name: windows[name] for name in protocols}
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    amp, dtype = train_gpt.autocast_for(hp, torch.device("cpu"))
+    amp, dtype = train_gpt.autocast_for(hp, device)
     window = train_gpt.window_size(hp, state["step"])
     return dict(checkpoint=path, step=state["step"], dtype=dtype, seq_len=hp.seq_len,
                 loss={name: mean_loss(model, splits[split], starts, amp, window)
@@ -216,7 +220,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of markdown")
     ap.add_argument("--protocols", type=protocol_list, default=PROTOCOLS,
                     help=f"comma-separated subset of {','.join(PROTOCOLS)} (default: all)")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to evaluate (auto: CUDA if there is one)")
     return ap.parse(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device=cuda: no CUDA device here; use --device=cpu")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def protocol_list(text: str) -> tuple[str, ...]:
@@ -231,11 +243,13 @@ def protocol_list(text: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        device = pick_device(args.device)
         if not args.json:
             print(markdown_header(args.protocols), flush=True)
         results = []
         for path in args.checkpoints:
-            results.append(evaluate_checkpoint(path, args.data, args.random_batches, args.seed, args.protocols))
+            results.append(evaluate_checkpoint(path, args.data, args.random_batches, args.seed, args.protocols,
+                                               device))
             if not args.json:
                 print(markdown_row(results[-1]), flush=True)
     except (UsageError, FileNotFoundError, ValueError) as e:
