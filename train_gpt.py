@@ -1305,6 +1305,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else int(compiled))
     if warmup:  # compile kernels and measure the kernel dispatch untimed, then restore the initial state
+        say(f"warm-up: {warmup} untimed step{'s' if warmup > 1 else ''}"
+            + (" (torch.compile: the first takes a minute or more)" if compiled else ""), flush=True)
         initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
         with constraints.measuring_dispatch():
             for s in range(warmup):
