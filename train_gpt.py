@@ -44,6 +44,7 @@ from data.files import atomic_write  # noqa: E402
 from data.shakespeare import GPT2_VOCAB  # noqa: E402
 from data.shards import read_shard  # noqa: E402
 from muon import ORTH_MAX_SINGULAR_VALUE, Muon, default_orth_dtype  # noqa: E402
+from run_control import SEPARATOR  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # Hyperparameters. The defaults below are the GPU run (GPT-2 small on FineWeb10B, 8xH100) that `bash run.sh`
@@ -76,6 +77,8 @@ class Hyperparameters:
     micro_batch_size: int = 1  # sequences per forward pass per rank (gradient accumulation makes up the rest)
     window_min: int = 128  # sliding attention window at step 0, in tokens (0 = full causal attention)
     window_max: int = 1792  # sliding attention window at the last step (grows linearly in steps of 128)
+    window_pattern: str = "LSSSLSSLSSSL"  # per block: L attends over the window, S over half of it (cycled)
+    attn_skip_layers: str = ""  # comma-separated blocks with no attention (the speedrun anchor skips "7")
     # optimization
     num_iterations: int = 1770  # optimizer steps
     cooldown_frac: float = 0.4  # the lr decays linearly to lr_final_frac x over this last fraction of the steps
@@ -93,9 +96,11 @@ class Hyperparameters:
     w_max: float = 8.0  # RMS->RMS norm cap of every hidden matrix
     lm_head_w_max: float = 8.0  # RMS->RMS norm cap of the lm_head
     emb_w_max: float = 1.0  # RMS cap of each embedding row
+    lm_head_fp8: int = 1  # 1: the training forward's lm_head matmul in FP8 on CUDA (validation stays exact)
     orthogonalizer: str = "fork"  # Muon's polar factor: "fork" (5 Newton-Schulz steps) or "polar_express"
     # evaluation, logging, checkpoints
     val_every: int = 125  # validate (loss, accuracy, bound, norms, activations) every this many steps
+    val_at_start: int = 1  # 1: validate at step 0 too; 0: first validation at step val_every (timing runs)
     log_every: int = 1  # log the train loss every this many steps
     checkpoint_every: int = 0  # also checkpoint every this many steps (0 = off)
     checkpoint_minutes: float = 10.0  # also checkpoint when this many minutes passed since the last (0 = off)
@@ -192,7 +197,8 @@ def validate(hp: Hyperparameters) -> None:
     for key, ok, need in [("cooldown_frac", 0 <= hp.cooldown_frac <= 1, "in [0, 1]"),
                           ("lr_final_frac", 0 <= hp.lr_final_frac <= 1, "in [0, 1]"),
                           ("zero_init_out", hp.zero_init_out in (0, 1), "0 or 1"),
-                          ("memory_check", hp.memory_check in (0, 1), "0 or 1")]:
+                          ("memory_check", hp.memory_check in (0, 1), "0 or 1"),
+                          ("val_at_start", hp.val_at_start in (0, 1), "0 or 1")]:
         if not ok:
             raise ValueError(f"--{key}={getattr(hp, key)} must be {need}")
     if hp.window_max and hp.window_min > hp.window_max:
@@ -882,7 +888,6 @@ def weight_norms(model: GPT) -> dict[str, float]:
 # -----------------------------------------------------------------------------
 # Logging: source of every project module, versions, hardware, then speedrun-format lines
 
-SEPARATOR = "=" * 100
 
 
 def project_sources() -> list[str]:
@@ -1079,7 +1084,8 @@ def state_dict_mismatch(want: dict, got: dict) -> str:
 
 # Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
 RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "memory_check", "log_dir", "checkpoint_dir", "checkpoint_every",
-                     "checkpoint_minutes", "log_every", "val_every", "compile", "warmup_steps", "micro_batch_size"}
+                     "checkpoint_minutes", "log_every", "val_every", "compile", "warmup_steps", "micro_batch_size",
+                     "val_at_start"}
 
 
 def check_resumable(saved: dict, hp: Hyperparameters, path: str):
@@ -1351,7 +1357,8 @@ def main(argv: list[str] | None = None) -> dict:
         want_ckpt, synced, stopping = False, True, False  # want_ckpt and stopping: agreed by all ranks
         while True:
             last = step >= end_step or stopping
-            if (step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step):
+            if ((step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step)
+                    and (step > 0 or hp.val_at_start)):
                 val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step),
                                                     fns.eval_sums)
                 summary = dict(step=step, val_loss=val_loss, val_acc=val_acc)
