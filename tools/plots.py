@@ -1,0 +1,298 @@
+"""Plots of grouped runs (tools/compare.py's groups): PNG files drawn with matplotlib's Agg backend.
+
+    from tools.plots import write_plots, make_figures, PLOT_FILES
+
+val_loss_vs_step and val_loss_vs_time (one line per run, one colour and line style per group, each
+with a zoomed panel of the last 30% of training), bound_vs_step, max_act_vs_step and frontier (final
+val loss against log10 certified bound, one point per group, error bars = sample std over seeds).
+Legends sit outside the axes; a plot with nothing to draw is not written. matplotlib is imported only
+when figures are made.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import tempfile
+import textwrap
+
+from tools.compare import (LABEL_LINES, MAX_LABEL, mean_std, run_summary, short_labels, shorten, stats_runs,
+                           truncation_mark)
+from tools.runlog import RunLog
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+PLOT_FILES = ("val_loss_vs_step.png", "val_loss_vs_time.png", "bound_vs_step.png",
+              "max_act_vs_step.png", "frontier.png")
+ZOOM_FRACTION = 0.3  # the zoomed panel shows the last 30% of training
+_COLORS = [f"C{i}" for i in range(10)]
+_LINESTYLES = ["-", "--", ":", "-."]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<"]
+
+
+def group_styles(n: int) -> list[dict]:
+    """n (colour, linestyle, marker) combinations: colours cycle fastest, then linestyles and
+    markers together. Distinct (colour, linestyle) for n <= 40, (colour, marker) for the frontier's
+    points for n <= 100, all three for n <= 200."""
+    out = []
+    for i in range(n):
+        c, rest = i % len(_COLORS), i // len(_COLORS)
+        out.append({"color": _COLORS[c], "linestyle": _LINESTYLES[rest % len(_LINESTYLES)],
+                    "marker": _MARKERS[rest % len(_MARKERS)]})
+    return out
+
+
+def wrap_label(text: str, max_lines: int | None = None) -> str:
+    """`text` on lines of at most MAX_LABEL characters (broken at spaces where possible), the last
+    line ending in an ellipsis when it does not fit in max_lines."""
+    lines = textwrap.wrap(text, MAX_LABEL, break_on_hyphens=False) or [""]
+    if max_lines is not None and len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [shorten(lines[max_lines - 1] + " …", MAX_LABEL)]
+    return "\n".join(lines)
+
+
+def _legend_entries(groups) -> list[str]:
+    """Legend text per group: short label, truncation mark and run count."""
+    labels, _ = short_labels(groups)
+    out = []
+    for label, runs in groups.items():
+        mark = truncation_mark(runs)
+        head = wrap_label(labels[label], LABEL_LINES)
+        out.append(head + "\n" + wrap_label(f"{mark} (n={len(runs)})".strip()) if mark
+                   else wrap_label(f"{labels[label]} (n={len(runs)})", LABEL_LINES + 1))
+    return out
+
+
+def _legend_title(groups) -> str | None:
+    _, reference = short_labels(groups)
+    if reference is None:
+        return None
+    return wrap_label("changes from the most common setting: " + reference)
+
+
+def _finite_pairs(xs, ys):
+    pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None
+             and math.isfinite(x) and math.isfinite(y)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _curves(groups, key: str, xkey: str, logy: bool) -> list[list[tuple[list, list]]]:
+    """Per group, per run: (xs, ys) of the finite points of `key` against step or train time (s)."""
+    out = []
+    for runs in groups.values():
+        per_run = []
+        for r in runs:
+            steps, ys = r.series(key)
+            xs = steps if xkey == "step" else [r.points[s].get("train_time", math.nan) / 1000 for s in steps]
+            xs, ys = _finite_pairs(xs, ys)
+            if logy:
+                xs, ys = _finite_pairs(xs, [y if y > 0 else None for y in ys])
+            per_run.append((xs, ys))
+        out.append(per_run)
+    return out
+
+
+def _zoom_limits(curves, fraction: float) -> tuple[tuple[float, float], tuple[float, float], int] | None:
+    """((x0, x1), (y0, y1), groups off scale) of the last `fraction` of the x-range. The y-range
+    covers the lowest point there and every point of the groups whose final value is within 5x the
+    distance from that lowest point to the median final value (so a few far-off groups do not
+    flatten the rest); the groups left out are counted."""
+    xs = [x for g in curves for xr, _ in g for x in xr]
+    if not xs:
+        return None
+    x1 = max(xs)
+    x0 = x1 - fraction * (x1 - min(xs))
+    ends = []  # per group with points in the window: (its points there, its lowest final value)
+    for g in curves:
+        w = [y for xr, yr in g for x, y in zip(xr, yr) if x >= x0]
+        if w:
+            ends.append((w, min(yr[-1] for xr, yr in g if xr and xr[-1] >= x0)))
+    if not ends or x1 == x0:
+        return None
+    lo = min(min(w) for w, _ in ends)
+    spread = max(statistics.median(f for _, f in ends) - lo, 1e-3 * abs(lo), 1e-12)
+    kept = [w for w, f in ends if f <= lo + 5 * spread]
+    hi = max(max(w) for w in kept)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)
+    return (x0, x1), (lo - pad, hi + pad), len(ends) - len(kept)
+
+
+def _figure(plt, panels: int, texts: list[str], title: str | None):
+    """Figure with `panels` axes side by side, tall enough for a legend of `texts` (7 pt: ~0.12 in
+    per text line, ~0.05 in between entries) and its title, which goes to their right."""
+    lines = sum(t.count("\n") + 1 for t in texts) + (title.count("\n") + 1 if title else 0)
+    columns = 1 if len(texts) <= 30 else 2
+    height = max(4.5, (0.125 * lines + 0.06 * len(texts)) / columns + 1.0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 3.2 * columns, height), squeeze=False,
+                             layout="constrained")
+    return fig, list(axes[0])
+
+
+def _add_legend(fig, handles, texts, title):
+    # "outside" with constrained layout reserves the legend's space next to the axes: never on data
+    fig.legend(handles, texts, loc="outside right upper", fontsize=7, title=title, title_fontsize=7,
+               ncols=1 if len(texts) <= 30 else 2, frameon=False)
+
+
+def _curve_figure(plt, groups, key, xkey, xlabel, ylabel, title, logy=False, zoom=False):
+    """One line per run, one colour+linestyle per group, of `key` against step or train time
+    (xkey), with a zoomed panel of the end of training when `zoom`. None when nothing to draw."""
+    curves = _curves(groups, key, xkey, logy)
+    if not any(xr for g in curves for xr, _ in g):
+        return None
+    limits = _zoom_limits(curves, ZOOM_FRACTION) if zoom else None
+    styles = group_styles(len(groups))
+    texts = _legend_entries(groups)
+    fig, axes = _figure(plt, 2 if limits else 1, texts, _legend_title(groups))
+    handles = []
+    for g, (per_run, style) in enumerate(zip(curves, styles)):
+        runs = list(groups.values())[g]
+        handle = None
+        for ax in axes:
+            for (xs, ys), r in zip(per_run, runs):
+                if not xs:
+                    continue
+                (line,) = ax.plot(xs, ys, color=style["color"], ls=style["linestyle"], lw=1.2, alpha=0.85)
+                handle = handle or line
+                if not r.complete:  # where a truncated run stopped
+                    ax.plot(xs[-1:], ys[-1:], color=style["color"], marker="x", ms=6, ls="none")
+        handles.append(handle)
+    keep = [i for i, h in enumerate(handles) if h is not None]
+    for ax in axes:
+        if logy:
+            ax.set_yscale("log")
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title, fontsize=10)
+    if limits:
+        (x0, x1), (y0, y1), off = limits
+        axes[1].set_xlim(x0, x1)
+        axes[1].set_ylim(y0, y1)
+        axes[1].set_title(f"last {ZOOM_FRACTION:.0%} of training"
+                          + (f" ({off} group(s) above the range)" if off else ""), fontsize=10)
+    _add_legend(fig, [handles[i] for i in keep], [texts[i] for i in keep], _legend_title(groups))
+    return fig
+
+
+def _frontier_figure(plt, groups):
+    """Final val loss against log10 certified bound: one point per group (mean, error bars =
+    sample std over seeds); groups with an infinite bound as horizontal lines. None when no group
+    has both a finite final loss and a finite bound."""
+    points = []
+    for runs in groups.values():
+        used, _ = stats_runs(runs)
+        s = [run_summary(r) for r in used]
+        loss, loss_std, _ = mean_std([x["val_loss"] for x in s])
+        bound, bound_std, _ = mean_std([x["log10_bound"] for x in s])
+        points.append((loss, loss_std, bound, bound_std))
+    finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
+    if not any(finite(loss) and finite(bound) for loss, _, bound, _ in points):
+        return None
+    styles = group_styles(len(groups))
+    texts = _legend_entries(groups)
+    fig, (ax,) = _figure(plt, 1, texts, _legend_title(groups))
+    handles, kept = [], []
+    for i, ((loss, loss_std, bound, bound_std), style) in enumerate(zip(points, styles)):
+        if not finite(loss):
+            continue
+        if finite(bound):
+            h = ax.errorbar([bound], [loss], xerr=[bound_std] if finite(bound_std) else None,
+                            yerr=[loss_std] if finite(loss_std) else None, fmt=style["marker"],
+                            color=style["color"], capsize=3)
+        elif bound is not None and bound == math.inf:
+            h = ax.axhline(loss, color=style["color"], ls=style["linestyle"], lw=1)
+            texts[i] += ": bound inf"
+        else:
+            continue
+        handles.append(h)
+        kept.append(texts[i])
+    ax.set(xlabel="log10 certified Lipschitz bound", ylabel="final val loss")
+    title = "loss vs certified bound (mean ± std over seeds)"
+    bars = [(loss - (std if finite(std) else 0), loss + (std if finite(std) else 0), loss)
+            for loss, std, *_ in points if finite(loss)]  # each group's error bar, ending at its mean
+    limits = _zoom_limits([[([0.0, 0.5, 1.0], list(bar))] for bar in bars], 1.0)
+    if limits and limits[2]:  # a few far-off groups would flatten the rest: leave them out of range
+        ax.set_ylim(*limits[1])
+        title += f"\n({limits[2]} group(s) above the range)"
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    _add_legend(fig, handles, kept, _legend_title(groups))
+    return fig
+
+
+def make_figures(groups: dict[str, list[RunLog]]) -> dict[str, object]:
+    """{PLOT_FILES name: matplotlib Figure, or None when there is nothing to draw}. The caller
+    closes the figures (write_plots does)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return {
+        PLOT_FILES[0]: _curve_figure(plt, groups, "val_loss", "step", "step", "val loss",
+                                     "validation loss", zoom=True),
+        PLOT_FILES[1]: _curve_figure(plt, groups, "val_loss", "time", "train time (s)", "val loss",
+                                     "validation loss vs training time", zoom=True),
+        PLOT_FILES[2]: _curve_figure(plt, groups, "lipschitz_bound_log10", "step", "step",
+                                     "log10 certified Lipschitz bound", "certified bound"),
+        PLOT_FILES[3]: _curve_figure(plt, groups, "act_max_entry", "step", "step",
+                                     "max |activation| entry", "largest activation entry", logy=True),
+        PLOT_FILES[4]: _frontier_figure(plt, groups),
+    }
+
+
+_EMPTY_REASONS = {PLOT_FILES[0]: "no run logs val_loss", PLOT_FILES[1]: "no run logs val_loss with train_time",
+                  PLOT_FILES[2]: "no run logs a certified bound", PLOT_FILES[3]: "no run logs act_max_entry",
+                  PLOT_FILES[4]: "no group has a finite final val loss and certified bound"}
+
+
+def _save_atomic(fig, path: str) -> None:
+    """Write the PNG to a temporary file in the same folder, then rename: never a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_plots(groups: dict[str, list[RunLog]], out_dir: str, err=None) -> list[str]:
+    """Write the PLOT_FILES PNGs that have something to show into out_dir (created if needed);
+    one line on `err` (default stderr) per plot left out. Returns the paths written. Raises OSError
+    when out_dir cannot be written."""
+    import matplotlib.pyplot as plt
+
+    err = sys.stderr if err is None else err
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, fig in make_figures(groups).items():
+        if fig is None:
+            print(f"compare.py: no {name}: {_EMPTY_REASONS[name]}", file=err)
+            continue
+        try:
+            path = os.path.join(out_dir, name)
+            _save_atomic(fig, path)
+            written.append(path)
+        finally:
+            plt.close(fig)
+    return written
+
+
+def check_writable_dir(path: str) -> str | None:
+    """None when `path` is, or can be created as, a writable directory; else why not."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
