@@ -36,10 +36,12 @@ def test_run_summary_of_each_format(tmp_path):
     assert compare.run_summary(parse_log(write(tmp_path / "t.txt", text)))["val_loss"] is None
 
 
-def test_log10_bound_from_either_key():
-    assert compare.log10_bound({"lipschitz_bound": 1000.0}) == pytest.approx(3.0)
-    assert compare.log10_bound({"lipschitz_bound": 1000.0, "lipschitz_bound_log10": 2.5}) == 2.5
-    assert compare.log10_bound({"val_loss": 1.0}) is None
+def test_log10_bound_of_each_form():
+    assert compare.log10_bound({"lipschitz_bound": 1000.0}, "appendix_c") == pytest.approx(3.0)  # its plain value
+    assert compare.log10_bound({"lipschitz_bound": 1000.0, "lipschitz_bound_log10": 2.5}, "appendix_c") == 2.5
+    assert compare.log10_bound({"lipschitz_bound": 1000.0, "lipschitz_bound_log10": 2.5}) is None  # not the sharp one
+    assert compare.log10_bound({"lipschitz_bound_sharp_log10": 1.5, "lipschitz_bound_log10": 2.5}) == 1.5
+    assert compare.log10_bound({"val_loss": 1.0}, "tight") is None
 
 
 def test_speedrun_logs_grouped_by_folder(tmp_path, monkeypatch):
@@ -292,7 +294,7 @@ def test_cli_unwritable_plots_dir_one_line(tmp_path, capsys):
     def fail(*a, **k):
         raise PermissionError(13, "Permission denied")
     import unittest.mock
-    with unittest.mock.patch.object(plots, "_save_atomic", fail):
+    with unittest.mock.patch.object(plots, "_save_png", fail):
         assert compare.main([p, "--plots", str(tmp_path / "plots")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == (f"compare.py: --plots {tmp_path}/plots: cannot write (Permission denied); "
@@ -336,22 +338,57 @@ def test_one_flag_sweep_table_shows_the_changed_flag(tmp_path):
     assert compare.runs_table(groups).splitlines()[3].startswith("| muon_lr=0.1 | r1.txt |")
 
 
-def test_bound_flag_selects_the_sharp_certificate(tmp_path, capsys):
-    """--bound=sharp reads lipschitz_bound_sharp_log10; a log without it shows no bound, not another one's."""
-    def log(name, sharp):
-        extra = f" lipschitz_bound_sharp_log10:{sharp}" if sharp is not None else ""
+def _bound_logs(tmp_path):
+    """Two runs at step 10/10: new.txt logs every form of the bound, older.txt (older code) only Appendix C's."""
+    def log(name, forms):
         (tmp_path / name).write_text(
             f'config: {{"w_max": {len(name)}, "seed": 0}}\n'
             f"step:10/10 val_loss:2.0 val_acc:0.3 train_time:100ms step_avg:10.00ms\n"
-            f"step:10/10 lipschitz_bound_log10:5.0{extra}\n")
-    log("new.txt", 3.4)
-    log("older.txt", None)
-    assert compare.main([str(tmp_path), "--bound=sharp", "--no-plots"]) == 0
-    out = capsys.readouterr().out
-    assert "| 3.4 |" in out and "| 5.0 |" not in out
-    runs = compare.select_bound(load_runs([str(tmp_path)]), "sharp")
-    bounds = {os.path.basename(r.path): compare.log10_bound(r.points[10]) for r in runs}
+            f"step:10/10 lipschitz_bound_log10:5.0 lipschitz_bound:1e5 {forms}\n")
+    log("new.txt", "lipschitz_bound_tight_log10:4.2 lipschitz_bound_sharp_log10:3.4 "
+                   "lipschitz_bound_paper_literal_log10:2.1")
+    log("older.txt", "")
+    return load_runs([str(tmp_path)], err=io.StringIO())
+
+
+def test_default_bound_is_the_certified_sharp_one(tmp_path, capsys):
+    """The bound a run's end-of-run summary prints (lipschitz_bound_sharp_log10), called the certified bound;
+    a log without it (older code) shows none rather than another form's, and a note says how to see that."""
+    assert compare.DEFAULT_BOUND == "sharp" and compare.BOUNDS["sharp"].log_key == "lipschitz_bound_sharp_log10"
+    runs = _bound_logs(tmp_path)
+    bounds = {os.path.basename(r.path): compare.run_summary(r)["log10_bound"] for r in runs}
     assert bounds == {"new.txt": 3.4, "older.txt": None}
+    capsys.readouterr()
+    assert compare.main([str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| log10 certified bound |" in out and "| 3.4 |" in out and "| 5.0 |" not in out
+    assert "Certified bound (lipschitz_bound_sharp_log10): " in out
+    assert "1 run(s) log no certified bound (older code): --bound=appendix_c shows the Appendix C bound they log." in out
+    import matplotlib.pyplot as plt
+    figs = plots.make_figures(group_runs(runs))
+    try:
+        assert figs["bound_vs_step.png"].axes[0].get_ylabel() == "log10 certified bound"
+        assert figs["frontier.png"].axes[0].get_xlabel() == "log10 certified bound"
+        assert [list(line.get_ydata()) for line in figs["bound_vs_step.png"].axes[0].lines] == [[3.4]]
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+@pytest.mark.parametrize("bound, name, value", [("appendix_c", "Appendix C bound", "5.0"),
+                                                ("tight", "tight bound", "4.2"),
+                                                ("paper_literal", "paper-literal bound", "2.1")])
+def test_other_bound_forms_named_for_what_they_are(tmp_path, capsys, bound, name, value):
+    _bound_logs(tmp_path)
+    assert compare.main([str(tmp_path), "--no-plots", f"--bound={bound}"]) == 0
+    out = capsys.readouterr().out
+    assert f"| log10 {name} |" in out and f"| {value} |" in out and "log10 certified bound" not in out
+    if bound == "paper_literal":
+        assert "NOT a certificate" in out
+    if bound != "appendix_c":  # the older log has only the Appendix C form
+        assert "1 run(s) log no " + name in out
+    older = next(r for r in _bound_logs(tmp_path) if r.path.endswith("older.txt"))
+    assert compare.log10_bound(older.final, bound) == (5.0 if bound == "appendix_c" else None)
 
 
 
@@ -369,10 +406,10 @@ def test_truncated_group_marked_in_table(tmp_path):
 # ---------------------------------------------------------------------------- a record's table, pinned
 
 H100_2000 = os.path.join(ROOT, "records", "2026-11-22-shakespeare-h100", "logs", "shakespeare-2000")
-# What compare.py printed for that record folder (its table.md) when it was made: any change to this text is
-# a change of what compare reports, to be made on purpose.
+# What compare.py prints for that record folder with the bound its table.md was made with: its table.md but
+# for the bound's name. Any change to this text is a change of what compare reports, to be made on purpose.
 H100_2000_TABLE = """\
-| group | n | val loss | val acc | log10 bound | max act entry | steps | train time (s) | tokens | p (loss < baseline) | notes |
+| group | n | val loss | val acc | log10 Appendix C bound | max act entry | steps | train time (s) | tokens | p (loss < baseline) | notes |
 |---|---|---|---|---|---|---|---|---|---|---|
 | arch=lipschitz constraint=none optimizer=adamw w_max=1.0 | 3 | 1.5070 ± 0.0063 | 0.5671 ± 0.0011 | 28.8 | 5.1 | 2000 | 56.5 ± 15.0 | 32.77M | baseline |  |
 | arch=lipschitz constraint=none optimizer=muon w_max=1.0 | 3 | 3.1998 ± 0.0676 | 0.1692 ± 0.0105 | 35.4 | 3,538 | 2000 | 82.1 ± 14.3 | 32.77M | 1 |  |
@@ -384,10 +421,11 @@ H100_2000_TABLE = """\
 | arch=lipschitz constraint=spectral_normalize optimizer=muon w_max=3.0 (stopped at 1550/2000) | 1 | 1.4634 | 0.5624 | 13.2 | 4.43 | 1550 | 431.7 | 25.40M | n/a | all runs truncated: last validations used |
 | arch=speedrun constraint=none optimizer=muon w_max=1.0 | 3 | 2.7088 ± 0.0120 | 0.5448 ± 0.0018 | inf | 7,735 | 2000 | 85.4 ± 13.7 | 32.77M | 1 |  |
 
-Mean ± sample std over seeds of the final validation; log10 bound and max act entry are means over seeds. p: one-sided Welch t-test that the group's mean final val loss is below the baseline's (baseline: arch=lipschitz constraint=none optimizer=adamw w_max=1.0); n/a when either group has fewer than 2 runs.
+Mean ± sample std over seeds of the final validation; log10 Appendix C bound and max act entry are means over seeds. p: one-sided Welch t-test that the group's mean final val loss is below the baseline's (baseline: arch=lipschitz constraint=none optimizer=adamw w_max=1.0); n/a when either group has fewer than 2 runs.
+Appendix C bound (lipschitz_bound_log10): the paper's Appendix C bound made sound per head, never below the tight one; logged by every version.
 Not shown in the labels (their values vary together with a shown key): lm_head_w_max (with w_max), weight_decay (with optimizer).
 
-| group | log | seed | val loss | val acc | log10 bound | max act entry | step | train time (s) | tokens | status |
+| group | log | seed | val loss | val acc | log10 Appendix C bound | max act entry | step | train time (s) | tokens | status |
 |---|---|---|---|---|---|---|---|---|---|---|
 | arch=lipschitz constraint=none optimizer=adamw w_max=1.0 | adamw-wd-s0.txt | 0 | 1.5044 | 0.5682 | 28.7 | 5.2 | 2000/2000 | 39.3 | 32.77M | complete |
 | arch=lipschitz constraint=none optimizer=adamw w_max=1.0 | adamw-wd-s1.txt | 1 | 1.5024 | 0.5660 | 28.7 | 5.25 | 2000/2000 | 65.1 | 32.77M | complete |

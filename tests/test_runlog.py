@@ -35,8 +35,9 @@ def config(seed, w_max=8.0, constraint="soft_cap", num_iterations=4, tokens_per_
 
 
 def our_log(cfg, vals, stop_after=None):
-    """Text of a train_gpt.py log. vals: {step: (val_loss, val_acc, bound_log10_text, act_max)};
-    training lines for every step; stop_after truncates after that step's training line."""
+    """Text of a train_gpt.py log. vals: {step: (val_loss, val_acc, bound_log10_text, act_max)}, the bound logged
+    as its Appendix C and sharp forms alike; training lines for every step; stop_after truncates after that
+    step's training line."""
     m = cfg["num_iterations"]
     lines = [FAKE_CODE, SEP, "# lipschitz.py", "def certified_bound(model): ...", SEP,
              "Running Python 3.12", "Running PyTorch 2.13.0 on cpu", SEP,
@@ -46,7 +47,7 @@ def our_log(cfg, vals, stop_after=None):
         if step in vals:
             loss, acc, bound, act = vals[step]
             lines += [f"step:{step}/{m} val_loss:{loss:.4f} val_acc:{acc:.4f} train_time:{t}ms step_avg:50.00ms",
-                      f"step:{step}/{m} lipschitz_bound_log10:{bound}",
+                      f"step:{step}/{m} lipschitz_bound_log10:{bound} lipschitz_bound_sharp_log10:{bound}",
                       f"step:{step}/{m} max_weight_norm qkv:1.0000 o:0.9900 fc:1.0100 proj:0.5000 "
                       f"lm_head:{8 + step / 10:.4f} emb_row_rms:1.0000",
                       f"step:{step}/{m} act_max_entry:{act} act_max_rms:{act / 10}"]

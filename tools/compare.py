@@ -14,6 +14,11 @@ of the last 30% of training), bound_vs_step, max_act_vs_step and frontier (final
 log10 certified bound, one point per group); a plot with nothing to draw is not written, and stderr
 says so.
 
+The certified bound is the sharp one (``lipschitz_bound_sharp_log10``), the bound a run's end-of-run
+summary prints; a log of older code that lacks it shows none (a note says so). ``--bound`` picks
+another form, named for what it is in the tables and plots: ``tight``, ``appendix_c`` (logged by
+every version) or ``paper_literal`` (the paper's recursion verbatim, not a certificate).
+
 A group's statistics use its complete runs, or its truncated ones if none is complete; a group of
 truncated runs is labelled "(stopped at S/M)" in the table and the plots. The exit code is 0 if at
 least one log was parsed and 2 otherwise (or on a bad argument).
@@ -47,6 +52,7 @@ import re
 import sys
 import textwrap
 import warnings
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: tools/ is on the path, the project root is not
@@ -240,36 +246,45 @@ def display_label(label: str, runs: list[RunLog]) -> str:
 # ----------------------------------------------------------------------------------------------
 # Statistics
 
-def log10_bound(point: dict[str, float]) -> float | None:
-    """log10 of the certified Lipschitz bound logged at a step, or None if it was not logged."""
-    if "lipschitz_bound_log10" in point:
-        return point["lipschitz_bound_log10"]
-    if "lipschitz_bound" in point:
+@dataclass(frozen=True)
+class BoundForm:
+    """One form of the Lipschitz bound train_gpt.py logs at each validation (lipschitz.bound_report)."""
+    log_key: str  # the log key of its log10
+    name: str  # what the tables and plots call it
+    what: str  # what it is, for the note under the table
+
+
+# --bound: the form the tables and plots use. The sharp one is the run's certified bound, the one its
+# end-of-run summary prints; the others are named for what they are wherever they appear.
+BOUNDS = {
+    "sharp": BoundForm("lipschitz_bound_sharp_log10", "certified bound",
+                       "lipschitz.py's sharp certified bound, the one a run's end-of-run summary prints"),
+    "tight": BoundForm("lipschitz_bound_tight_log10", "tight bound",
+                       "the per-term (tight) certified bound, never below the sharp one"),
+    "appendix_c": BoundForm("lipschitz_bound_log10", "Appendix C bound",
+                            "the paper's Appendix C bound made sound per head, never below the tight one; "
+                            "logged by every version"),
+    "paper_literal": BoundForm("lipschitz_bound_paper_literal_log10", "paper-literal bound",
+                               "the paper's Appendix C recursion verbatim, NOT a certificate for multi-head "
+                               "attention"),
+}
+DEFAULT_BOUND = "sharp"
+
+
+def log10_bound(point: dict[str, float], bound: str = DEFAULT_BOUND) -> float | None:
+    """log10 of the `bound` form (a key of BOUNDS) logged at a step, or None if it was not logged: a log
+    of older code, which lacks the newer forms, shows no bound rather than another form's."""
+    form = BOUNDS[bound]
+    if form.log_key in point:
+        return point[form.log_key]
+    if bound == "appendix_c" and "lipschitz_bound" in point:  # its plain value, logged beside the log10
         b = point["lipschitz_bound"]
         return math.log10(b) if b > 0 else (math.nan if b != 0 else -math.inf)
     return None
 
 
-# --bound: which logged certificate the table and plots use (the first is logged by every version)
-BOUND_FIELDS = {"appendix_c": "lipschitz_bound_log10", "sharp": "lipschitz_bound_sharp_log10"}
-
-
-def select_bound(runs: list[RunLog], which: str) -> list[RunLog]:
-    """The runs with `which` certificate (a key of BOUND_FIELDS) as their lipschitz_bound_log10, in place; a
-    log that lacks it (older code) then shows no bound rather than another certificate's."""
-    field_name = BOUND_FIELDS[which]
-    for run in runs:
-        for point in run.points.values():
-            if field_name in point:
-                point["lipschitz_bound_log10"] = point[field_name]
-            else:
-                point.pop("lipschitz_bound_log10", None)
-                point.pop("lipschitz_bound", None)
-    return runs
-
-
-def run_summary(run: RunLog) -> dict[str, float | None]:
-    """Final numbers of one run: val_loss, val_acc, log10_bound, act_max_entry, step,
+def run_summary(run: RunLog, bound: str = DEFAULT_BOUND) -> dict[str, float | None]:
+    """Final numbers of one run: val_loss, val_acc, log10_bound (the `bound` form), act_max_entry, step,
     train_time_s, tokens (step * tokens_per_step from the config); None where not logged."""
     f = run.final
     tps = (run.config or {}).get("tokens_per_step")
@@ -277,7 +292,7 @@ def run_summary(run: RunLog) -> dict[str, float | None]:
     return {
         "val_loss": f.get("val_loss"),
         "val_acc": f.get("val_acc"),
-        "log10_bound": log10_bound(f),
+        "log10_bound": log10_bound(f, bound),
         "act_max_entry": f.get("act_max_entry"),
         "step": step,
         "train_time_s": f["train_time"] / 1000 if "train_time" in f else None,
@@ -413,11 +428,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) -> str:
+def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None, bound: str = DEFAULT_BOUND) -> str:
     """Markdown table, one row per group: mean ± sample std over seeds of the final val loss, val
-    acc, train time; mean log10 certified bound and max activation entry; steps; tokens; and the
-    p-value of the one-sided Welch t-test that the group's final val loss is below the baseline's.
-    `baseline` selects the baseline group by label substring (default: the first group)."""
+    acc, train time; mean log10 bound (the `bound` form, a key of BOUNDS) and max activation entry;
+    steps; tokens; and the p-value of the one-sided Welch t-test that the group's final val loss is
+    below the baseline's. `baseline` selects the baseline group by label substring (default: the
+    first group). Notes under the table say which bound it is, and count the runs that do not log it."""
     base_label = find_baseline(groups, baseline)
     shown, shown_note = table_labels(groups)
     used = {label: stats_runs(runs) for label, runs in groups.items()}
@@ -428,7 +444,7 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
     rows = []
     for label, (runs, notes) in used.items():
         notes = notes + ["warning: " + w for w in mixed.get(label, [])]
-        s = [run_summary(r) for r in runs]
+        s = [run_summary(r, bound) for r in runs]
         col = lambda k: [x[k] for x in s]  # noqa: E731
         if label == base_label:
             p_text = "baseline"
@@ -444,13 +460,20 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
                      _fmt_magnitude(mean_std(col("act_max_entry"))[0]),
                      _fmt_steps(col("step")), _fmt_mean_std(col("train_time_s"), ".1f"),
                      _fmt_tokens(mean_std(col("tokens"))[0]), p_text, "; ".join(notes)])
-    header = ["group", "n", "val loss", "val acc", "log10 bound", "max act entry", "steps",
+    form = BOUNDS[bound]
+    header = ["group", "n", "val loss", "val acc", f"log10 {form.name}", "max act entry", "steps",
               "train time (s)", "tokens", "p (loss < baseline)", "notes"]
     text = _table(header, rows)
-    text += ("\n\nMean ± sample std over seeds of the final validation; log10 bound and max act "
+    text += (f"\n\nMean ± sample std over seeds of the final validation; log10 {form.name} and max act "
              "entry are means over seeds. p: one-sided Welch t-test that the group's mean final val "
              f"loss is below the baseline's (baseline: {shown[base_label]}); n/a when either group has "
              "fewer than 2 runs.")
+    text += f"\n{form.name[0].upper() + form.name[1:]} ({form.log_key}): {form.what}."
+    older = [r for rs in groups.values() for r in rs if log10_bound(r.final, bound) is None
+             and log10_bound(r.final, "appendix_c") is not None]
+    if older:
+        text += (f"\n{len(older)} run(s) log no {form.name} (older code): --bound=appendix_c shows the "
+                 f"{BOUNDS['appendix_c'].name} they log.")
     if shown_note:
         text += "\n" + shown_note
     hidden = getattr(groups, "hidden", {})
@@ -462,20 +485,20 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None) 
     return text
 
 
-def runs_table(groups: dict[str, list[RunLog]]) -> str:
-    """Markdown table with one row per run (its final validation and status)."""
+def runs_table(groups: dict[str, list[RunLog]], bound: str = DEFAULT_BOUND) -> str:
+    """Markdown table with one row per run (its final validation, with the `bound` form, and status)."""
     shown, _ = table_labels(groups)
     rows = []
     for label, runs in groups.items():
         for r in runs:
-            s = run_summary(r)
+            s = run_summary(r, bound)
             rows.append([shown[label], os.path.basename(r.path), _fmt_value(r.seed), _fmt(s["val_loss"], ".4f"),
                          _fmt(s["val_acc"], ".4f"), _fmt_log10(s["log10_bound"]),
                          _fmt_magnitude(s["act_max_entry"]),
                          "n/a" if s["step"] is None else f"{s['step']}/{r.num_iterations}",
                          _fmt(s["train_time_s"], ".1f"), _fmt_tokens(s["tokens"]),
                          "; ".join((["complete"] if r.complete else []) + r.notes)])
-    header = ["group", "log", "seed", "val loss", "val acc", "log10 bound", "max act entry",
+    header = ["group", "log", "seed", "val loss", "val acc", f"log10 {BOUNDS[bound].name}", "max act entry",
               "step", "train time (s)", "tokens", "status"]
     return _table(header, rows)
 
@@ -562,9 +585,9 @@ def main(argv: list[str] | None = None) -> int:
                              "seed/run_id/paths; logs without config by folder)")
     parser.add_argument("--plots", default="plots", help="directory for the PNG plots (default: plots)")
     parser.add_argument("--no-plots", action="store_true", help="do not write plots")
-    parser.add_argument("--bound", choices=tuple(BOUND_FIELDS), default="appendix_c",
-                        help="certified bound for the table and plots: appendix_c (lipschitz_bound_log10, logged by "
-                             "every version) or sharp (lipschitz_bound_sharp_log10, the tightest)")
+    parser.add_argument("--bound", choices=tuple(BOUNDS), default=DEFAULT_BOUND,
+                        help="the bound in the tables and plots (default: %(default)s): "
+                             + "; ".join(f"{k}: the {f.name}, {f.log_key}" for k, f in BOUNDS.items()))
     args = parser.parse_args(argv)
 
     try:
@@ -576,13 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare.py: --plots {args.plots}: {why}; give a writable directory or --no-plots",
               file=sys.stderr)
         return 2
-    runs = select_bound(load_runs(args.paths), args.bound)
+    runs = load_runs(args.paths)
     if not runs:
         print("compare.py: no log could be parsed", file=sys.stderr)
         return 2
     groups = group_runs(runs, keys)
     try:
-        table = summary_table(groups, args.baseline)
+        table = summary_table(groups, args.baseline, args.bound)
     except ValueError as e:
         print(f"compare.py: {e}", file=sys.stderr)
         return 2
@@ -591,10 +614,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare.py: warning: group '{label}' {w}", file=sys.stderr)
     print(table)
     print()
-    print(runs_table(groups))
+    print(runs_table(groups, args.bound))
     if not args.no_plots:
         try:
-            for p in plots.write_plots(groups, args.plots):
+            for p in plots.write_plots(groups, args.plots, bound=args.bound):
                 print(f"wrote {p}", file=sys.stderr)
         except OSError as e:
             print(f"compare.py: --plots {args.plots}: cannot write ({e.strerror or e}); give a "

@@ -4,7 +4,8 @@
 
 val_loss_vs_step and val_loss_vs_time (one line per run, one colour and line style per group, each
 with a zoomed panel of the last 30% of training), bound_vs_step, max_act_vs_step and frontier (final
-val loss against log10 certified bound, one point per group, error bars = sample std over seeds).
+val loss against log10 bound, one point per group, error bars = sample std over seeds). The bound is
+the form compare.BOUNDS names (by default the certified bound, the one a run's end-of-run summary prints).
 Legends sit outside the axes; a plot with nothing to draw is not written. matplotlib is imported only
 when figures are made.
 """
@@ -14,11 +15,11 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import textwrap
 
-from tools.compare import (LABEL_LINES, MAX_LABEL, mean_std, run_summary, short_labels, shorten, stats_runs,
-                           truncation_mark)
+from data.files import atomic_write
+from tools.compare import (BOUNDS, DEFAULT_BOUND, LABEL_LINES, MAX_LABEL, mean_std, run_summary, short_labels,
+                           shorten, stats_runs, truncation_mark)
 from tools.runlog import RunLog
 
 # ----------------------------------------------------------------------------------------------
@@ -176,40 +177,41 @@ def _curve_figure(plt, groups, key, xkey, xlabel, ylabel, title, logy=False, zoo
     return fig
 
 
-def _frontier_figure(plt, groups):
-    """Final val loss against log10 certified bound: one point per group (mean, error bars =
+def _frontier_figure(plt, groups, bound: str):
+    """Final val loss against log10 bound (the `bound` form): one point per group (mean, error bars =
     sample std over seeds); groups with an infinite bound as horizontal lines. None when no group
     has both a finite final loss and a finite bound."""
+    name = BOUNDS[bound].name
     points = []
     for runs in groups.values():
         used, _ = stats_runs(runs)
-        s = [run_summary(r) for r in used]
+        s = [run_summary(r, bound) for r in used]
         loss, loss_std, _ = mean_std([x["val_loss"] for x in s])
-        bound, bound_std, _ = mean_std([x["log10_bound"] for x in s])
-        points.append((loss, loss_std, bound, bound_std))
+        mean_bound, bound_std, _ = mean_std([x["log10_bound"] for x in s])
+        points.append((loss, loss_std, mean_bound, bound_std))
     finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
-    if not any(finite(loss) and finite(bound) for loss, _, bound, _ in points):
+    if not any(finite(loss) and finite(mean_bound) for loss, _, mean_bound, _ in points):
         return None
     styles = group_styles(len(groups))
     texts = _legend_entries(groups)
     fig, (ax,) = _figure(plt, 1, texts, _legend_title(groups))
     handles, kept = [], []
-    for i, ((loss, loss_std, bound, bound_std), style) in enumerate(zip(points, styles)):
+    for i, ((loss, loss_std, mean_bound, bound_std), style) in enumerate(zip(points, styles)):
         if not finite(loss):
             continue
-        if finite(bound):
-            h = ax.errorbar([bound], [loss], xerr=[bound_std] if finite(bound_std) else None,
+        if finite(mean_bound):
+            h = ax.errorbar([mean_bound], [loss], xerr=[bound_std] if finite(bound_std) else None,
                             yerr=[loss_std] if finite(loss_std) else None, fmt=style["marker"],
                             color=style["color"], capsize=3)
-        elif bound is not None and bound == math.inf:
+        elif mean_bound == math.inf:
             h = ax.axhline(loss, color=style["color"], ls=style["linestyle"], lw=1)
             texts[i] += ": bound inf"
         else:
             continue
         handles.append(h)
         kept.append(texts[i])
-    ax.set(xlabel="log10 certified Lipschitz bound", ylabel="final val loss")
-    title = "loss vs certified bound (mean ± std over seeds)"
+    ax.set(xlabel=f"log10 {name}", ylabel="final val loss")
+    title = f"loss vs {name} (mean ± std over seeds)"
     bars = [(loss - (std if finite(std) else 0), loss + (std if finite(std) else 0), loss)
             for loss, std, *_ in points if finite(loss)]  # each group's error bar, ending at its mean
     limits = _zoom_limits([[([0.0, 0.5, 1.0], list(bar))] for bar in bars], 1.0)
@@ -222,59 +224,54 @@ def _frontier_figure(plt, groups):
     return fig
 
 
-def make_figures(groups: dict[str, list[RunLog]]) -> dict[str, object]:
-    """{PLOT_FILES name: matplotlib Figure, or None when there is nothing to draw}. The caller
-    closes the figures (write_plots does)."""
+def make_figures(groups: dict[str, list[RunLog]], bound: str = DEFAULT_BOUND) -> dict[str, object]:
+    """{PLOT_FILES name: matplotlib Figure, or None when there is nothing to draw}; the bound plots show
+    the `bound` form (a key of compare.BOUNDS). The caller closes the figures (write_plots does)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    form = BOUNDS[bound]
     return {
         PLOT_FILES[0]: _curve_figure(plt, groups, "val_loss", "step", "step", "val loss",
                                      "validation loss", zoom=True),
         PLOT_FILES[1]: _curve_figure(plt, groups, "val_loss", "time", "train time (s)", "val loss",
                                      "validation loss vs training time", zoom=True),
-        PLOT_FILES[2]: _curve_figure(plt, groups, "lipschitz_bound_log10", "step", "step",
-                                     "log10 certified Lipschitz bound", "certified bound"),
+        PLOT_FILES[2]: _curve_figure(plt, groups, form.log_key, "step", "step", f"log10 {form.name}",
+                                     form.name),
         PLOT_FILES[3]: _curve_figure(plt, groups, "act_max_entry", "step", "step",
                                      "max |activation| entry", "largest activation entry", logy=True),
-        PLOT_FILES[4]: _frontier_figure(plt, groups),
+        PLOT_FILES[4]: _frontier_figure(plt, groups, bound),
     }
 
 
+# why a plot is left out; {bound}: the bound's name
 _EMPTY_REASONS = {PLOT_FILES[0]: "no run logs val_loss", PLOT_FILES[1]: "no run logs val_loss with train_time",
-                  PLOT_FILES[2]: "no run logs a certified bound", PLOT_FILES[3]: "no run logs act_max_entry",
-                  PLOT_FILES[4]: "no group has a finite final val loss and certified bound"}
+                  PLOT_FILES[2]: "no run logs a {bound}", PLOT_FILES[3]: "no run logs act_max_entry",
+                  PLOT_FILES[4]: "no group has a finite final val loss and {bound}"}
 
 
-def _save_atomic(fig, path: str) -> None:
-    """Write the PNG to a temporary file in the same folder, then rename: never a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _save_png(fig, path: str) -> None:
+    """The figure as a PNG at `path`, written atomically (never a partial file)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
-def write_plots(groups: dict[str, list[RunLog]], out_dir: str, err=None) -> list[str]:
-    """Write the PLOT_FILES PNGs that have something to show into out_dir (created if needed);
-    one line on `err` (default stderr) per plot left out. Returns the paths written. Raises OSError
-    when out_dir cannot be written."""
+def write_plots(groups: dict[str, list[RunLog]], out_dir: str, err=None, bound: str = DEFAULT_BOUND) -> list[str]:
+    """Write the PLOT_FILES PNGs that have something to show into out_dir (created if needed), the bound
+    plots with the `bound` form; one line on `err` (default stderr) per plot left out. Returns the paths
+    written. Raises OSError when out_dir cannot be written."""
     import matplotlib.pyplot as plt
 
     err = sys.stderr if err is None else err
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name, fig in make_figures(groups).items():
+    for name, fig in make_figures(groups, bound).items():
         if fig is None:
-            print(f"compare.py: no {name}: {_EMPTY_REASONS[name]}", file=err)
+            print(f"compare.py: no {name}: {_EMPTY_REASONS[name].format(bound=BOUNDS[bound].name)}", file=err)
             continue
         try:
             path = os.path.join(out_dir, name)
-            _save_atomic(fig, path)
+            _save_png(fig, path)
             written.append(path)
         finally:
             plt.close(fig)
