@@ -73,7 +73,7 @@ def tiny(tmp_path_factory):
                       f"--train_files={shards}/*train*.bin", f"--val_files={shards}/*val*.bin",
                       f"--log_dir={d}/logs", f"--checkpoint_dir={d}/ckpt", *TINY_MODEL])
     return SimpleNamespace(dir=d, text=text, shards=shards, ckpt=result["checkpoint"], log=result["log"],
-                           val_loss=result["val_loss"])
+                           val_loss=result["val_loss"], val_acc=result["val_acc"])
 
 
 def table_rows(out: str, first_cell: str) -> list[list[str]]:
@@ -98,9 +98,12 @@ def check_eval_protocols(tiny, proc):
     assert header[3:] == list(mod.PROTOCOLS)
     (row,) = table_rows(proc.stdout, "smoke.pt")
     assert row[1:3] == ["5", "fp32"]
-    losses = dict(zip(mod.PROTOCOLS, finite(row[3:])))
+    losses = dict(zip(mod.PROTOCOLS, finite(row[3:])))  # each cell "loss / accuracy"
+    accuracies = dict(zip(mod.PROTOCOLS, finite(c.split("/")[1] for c in row[3:])))
     assert all(0 < v < math.log(256) + 1 for v in losses.values()), losses
+    assert all(0 <= v <= 1 for v in accuracies.values()), accuracies
     assert f"{losses['ours']:.4f}" == f"{tiny.val_loss:.4f}"  # the run's own validation, to the logged digits
+    assert f"{accuracies['ours']:.4f}" == f"{tiny.val_acc:.4f}"
     # without --data it read the shards named in the checkpoint; the stride-1 windows are the paper's
     assert table_rows(proc.stdout, "paper_20x64") == [["paper_20x64", "val", "1280", "0..1279 stride 1", "0..1295"]]
 
@@ -143,12 +146,23 @@ def scores_of_tiny(tiny) -> str:
 
 
 def check_protocol_table(tiny, proc):
-    (row,) = table_rows(proc.stdout, "smoke")
+    losses, accuracies = proc.stdout.split("\n\n")[:2]
+    (row,) = table_rows(losses, "smoke")
     assert row[1] == "1" and f"{float(row[2]):.4f}" == f"{tiny.val_loss:.4f}"  # ours, one seed: no spread
     assert finite([row[4]])[0] > 0 and row[3] == "-"  # paper 20x64 scored; the whole split was not asked for
     assert f"{float(row[9]):.4f}" == f"{tiny.val_loss:.4f}"  # min over the run's validations (only step 5)
+    assert f"{float(row[10]):.4f}" == f"{tiny.val_acc:.4f}"  # the log's val acc
+    model, _ = tg.model_from_checkpoint(tiny.ckpt)
+    rep = lipschitz.bound_report(model)
+    for cell, key in ((row[11], "log10_bound_sharp"), (row[12], "log10_bound_paper_literal")):
+        assert float(cell) == pytest.approx(rep[key], abs=1e-4), key  # the log's 4 digits
+    (acc,) = table_rows(accuracies, "smoke")
+    assert acc[1] == "1" and f"{float(acc[2]):.4f}" == f"{tiny.val_acc:.4f}" and acc[3] == "-"
+    assert 0 <= finite([acc[4]])[0] <= 1
     assert proc.stdout.strip().splitlines()[-1].startswith("Under the paper's own protocol")
     assert "our smoke model scores" in proc.stdout and "(1 seed), against the paper's 1.29" in proc.stdout
+    # the paper's windows at the run's seq_len 16: starts 0..1279, tokens 0..1295
+    assert "(the first 1,296 characters of the val split" in proc.stdout
 
 
 # relative path -> (arguments given the `tiny` fixture, check of the finished process)
@@ -243,10 +257,11 @@ def test_ours_is_train_gpt_evaluate(tiny):
     amp, dtype = tg.autocast_for(hp, torch.device("cpu"))
     window = tg.window_size(hp, state["step"])
     windows = ep.protocol_windows(hp, splits["val"], splits["train"], random_batches=1, seed=0)
-    ours = ep.mean_loss(model, splits["val"], windows["ours"][1], amp, window)
+    ours, ours_acc = ep.loss_and_accuracy(model, splits["val"], windows["ours"][1], amp, window)
     reference, _, _ = tg.evaluate(model, splits["val"], hp, 0, 1, torch.device("cpu"), amp, window)
     assert ours == pytest.approx(reference, rel=1e-6)
     assert ours == pytest.approx(tiny.val_loss, rel=1e-6)  # and the validation the training run logged
+    assert ours_acc == tiny.val_acc  # a count of argmax hits over the same logits
 
 
 def test_json_with_data_flag_matches(tiny, capsys):
@@ -255,7 +270,10 @@ def test_json_with_data_flag_matches(tiny, capsys):
     out = json.loads(capsys.readouterr().out)
     (res,) = out["results"]
     assert out["protocols"] == list(ep.PROTOCOLS) and list(res["loss"]) == list(ep.PROTOCOLS)
+    assert list(res["accuracy"]) == list(ep.PROTOCOLS) and all(0 <= a <= 1 for a in res["accuracy"].values())
     assert res["loss"]["ours"] == pytest.approx(tiny.val_loss, rel=1e-6)
+    assert res["accuracy"]["ours"] == pytest.approx(tiny.val_acc, abs=1e-12)
+    assert res["num_iterations"] == 5 and res["step"] == 5
     assert res["windows"]["nanogpt"]["windows"] == 2 * 64
     assert res["windows"]["notebook_20x512"] == dict(split="val", windows=10240, first_start=0, last_start=10239,
                                                      stride=1, last_token=10239 + 16)
@@ -264,6 +282,16 @@ def test_json_with_data_flag_matches(tiny, capsys):
     sub = json.loads(capsys.readouterr().out)
     assert sub["protocols"] == ["ours", "paper_20x64"] and list(sub["results"][0]["loss"]) == ["ours", "paper_20x64"]
     assert sub["results"][0]["loss"]["paper_20x64"] == pytest.approx(res["loss"]["paper_20x64"], rel=1e-9)
+
+
+def test_protocol_table_counts_a_run_complete_only_when_checkpoint_log_and_length_agree():
+    table = load_script("records/2026-12-03-protocol-table/table.py")
+    assert table.is_complete(2000, 2000, 2000, 2000)
+    assert table.is_complete(2000, 2000, 2000, None)  # scores from before num_iterations was recorded
+    assert not table.is_complete(1800, 2000, 2000, 2000)  # a checkpoint copied before the run ended
+    assert not table.is_complete(1800, 1800, 2000, 2000)  # both cut off
+    assert not table.is_complete(2000, 2000, 2000, 3000)  # the log's M is not the checkpoint's
+    assert not table.is_complete(2000, 2100, 2000, 2000)  # the log went on past the checkpoint
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2

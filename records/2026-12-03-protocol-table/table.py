@@ -1,14 +1,16 @@
 """The protocol table of issue 17: every checkpoint scored under every protocol, seeds pooled per configuration
-(mean ± sample std), beside what the run's log says (the minimum of its own validations, its sharp certified
-bound), and the README's Results line for the w_max 2 runs.
+(mean ± sample std), beside what the run's log says (the minimum of its own validations, its val accuracy, its
+sharp certified bound and the paper's literal recursion), a second table of the accuracy under every protocol,
+and the README's Results line for the w_max 2 runs.
 
     python records/2026-12-03-protocol-table/table.py SCORES_JSON [--logs DIR] [--paper 1.29] [--config w2]
 
 SCORES_JSON: the output of
     python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py checkpoints/protocol/*.pt --json
 --logs: the runs' logs, <run_id>.txt (default: this folder's logs/). A configuration is the run id without its
--s<seed> suffix. Only complete runs (the checkpoint's step is the log's last step M) enter the means; the others
-are listed with the step they reached. The paper's protocols are scored on the final checkpoint only: the
+-s<seed> suffix. Only complete runs enter the means: the checkpoint's step, the log's last step and the run's
+num_iterations M (the log's, and the checkpoint's when the scores carry it) all agree; the others are listed with
+the steps they reached. Scores without accuracies (older eval_protocols.py output) show "-" there. The paper's protocols are scored on the final checkpoint only: the
 logs hold our protocol's validations, so "min over the run" exists for ours alone.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 from tools.cli import Parser, UsageError  # noqa: E402
-from tools.compare import LogFormatError, mean_std, parse_log  # noqa: E402
+from tools.compare import mean_std  # noqa: E402
+from tools.runlog import LogFormatError, parse_log  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = [("ours", "ours"), ("val_all", "whole val split"), ("paper_20x64", "paper 20x64"),
@@ -48,9 +51,18 @@ def read_scores(path: str) -> list[dict]:
     return results
 
 
+def is_complete(ckpt_step: int, log_last_step: int, log_num_iterations: int, ckpt_num_iterations: int | None) -> bool:
+    """A run is complete when its checkpoint, its log and its length agree: the checkpoint is at the log's last
+    step, which is the log's M, which is the checkpoint's num_iterations (when known). A checkpoint older than
+    its log (copied mid-run), or a log cut off before M, is not."""
+    targets = {log_num_iterations} | ({ckpt_num_iterations} if ckpt_num_iterations is not None else set())
+    return len(targets) == 1 and ckpt_step == log_last_step == log_num_iterations
+
+
 def run_rows(results: list[dict], logs: str) -> list[dict]:
-    """One dict per checkpoint: run id, config, step, losses by protocol, complete, and from its log the last
-    step M, the minimum val loss over its validations and the sharp bound (log10) at its last validation."""
+    """One dict per checkpoint: run id, config, step, losses and accuracies by protocol, complete, and from its
+    log the last step, M, the minimum val loss over its validations and, at its last validation, val acc, the
+    sharp bound and the paper-literal bound (log10)."""
     rows = []
     for r in results:
         run_id = os.path.basename(r["checkpoint"])[:-len(".pt")] if r["checkpoint"].endswith(".pt") else r["checkpoint"]
@@ -61,9 +73,12 @@ def run_rows(results: list[dict], logs: str) -> list[dict]:
             raise UsageError(f"{path}: no readable log for checkpoint {r['checkpoint']} ({e}); pass --logs DIR") from None
         vals = [log.points[s]["val_loss"] for s in log.val_steps]
         rows.append(dict(run_id=run_id, config=config_name(run_id), step=r["step"], loss=r["loss"],
-                         num_iterations=log.num_iterations, complete=r["step"] == log.num_iterations,
-                         min_ours=min(vals) if vals else None,
-                         sharp=log.final.get("lipschitz_bound_sharp_log10")))
+                         accuracy=r.get("accuracy", {}), last_step=log.last_step, num_iterations=log.num_iterations,
+                         complete=is_complete(r["step"], log.last_step, log.num_iterations, r.get("num_iterations")),
+                         min_ours=min(vals) if vals else None, val_acc=log.final.get("val_acc"),
+                         sharp=log.final.get("lipschitz_bound_sharp_log10"),
+                         paper_literal=log.final.get("lipschitz_bound_paper_literal_log10"),
+                         seq_len=r.get("seq_len"), windows=r.get("windows", {})))
     return rows
 
 
@@ -75,20 +90,45 @@ def fmt(values: list) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    """Losses: per configuration (complete runs), each protocol's mean loss, the minimum of ours over the run, the
+    log's last val acc, the sharp certified bound and the paper-literal recursion (log10, not a certificate)."""
     done = [r for r in rows if r["complete"]]
     configs = sorted({r["config"] for r in done})
-    head = ["config", "seeds", *[name for _, name in COLUMNS], "min of ours over the run", "sharp bound (log10)"]
+    head = ["config", "seeds", *[name for _, name in COLUMNS], "min of ours over the run", "val acc (ours)",
+            "sharp bound (log10)", "paper-literal bound (log10)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in configs:
         group = [r for r in done if r["config"] == c]
         cells = [c, str(len(group))]
         cells += [fmt([r["loss"].get(p) for r in group]) for p, _ in COLUMNS]
-        cells += [fmt([r["min_ours"] for r in group]), fmt([r["sharp"] for r in group])]
+        cells += [fmt([r[k] for r in group]) for k in ("min_ours", "val_acc", "sharp", "paper_literal")]
         lines.append("| " + " | ".join(cells) + " |")
     for r in rows:
         if not r["complete"]:
-            lines.append(f"\nnot in the means: {r['run_id']} (checkpoint at step {r['step']} of {r['num_iterations']})")
+            lines.append(f"\nnot in the means: {r['run_id']} (checkpoint at step {r['step']}, log at step "
+                         f"{r['last_step']}, of {r['num_iterations']})")
     return "\n".join(lines)
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    """Accuracies: per configuration (complete runs), the next-token accuracy under each protocol."""
+    done = [r for r in rows if r["complete"]]
+    head = ["config", "seeds", *[f"acc {name}" for _, name in COLUMNS]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in sorted({r["config"] for r in done}):
+        group = [r for r in done if r["config"] == c]
+        lines.append("| " + " | ".join([c, str(len(group))]
+                                       + [fmt([r["accuracy"].get(p) for r in group]) for p, _ in COLUMNS]) + " |")
+    return "\n".join(lines)
+
+
+def paper_tokens(row: dict) -> int | None:
+    """How many leading val tokens the paper_20x64 protocol reads: from the scored windows (last token + 1), else
+    20 x 64 stride-1 windows of seq_len + 1 tokens (1,536 at seq_len 256); None when neither is known."""
+    w = row["windows"].get("paper_20x64")
+    if w:
+        return w["last_token"] + 1
+    return 20 * 64 + row["seq_len"] if row.get("seq_len") else None
 
 
 def results_line(rows: list[dict], paper: float, config: str = "w2") -> str:
@@ -98,7 +138,9 @@ def results_line(rows: list[dict], paper: float, config: str = "w2") -> str:
         return f"no complete {config} run scored under paper_20x64 yet: no Results line"
     whole, whole_std, _ = mean_std([r["loss"].get("val_all") for r in group])
     name = f"w_max {config[1:]}" if re.fullmatch(r"w[\d.]+", config) else config
-    line = (f"Under the paper's own protocol (the first 1,536 characters of the val split, as its final "
+    spans = {paper_tokens(r) for r in group} - {None}
+    span = f"the first {spans.pop():,} characters" if len(spans) == 1 else "the first 20 x 64 stride-1 windows"
+    line = (f"Under the paper's own protocol ({span} of the val split, as its final "
             f"Shakespeare sweeps score), our {name} model scores {mean:.3f}{plus_minus(std)} ({n} seed"
             f"{'s' if n != 1 else ''}), against the paper's {paper}")
     return line + ("." if whole is None else f"; on the whole val split, {whole:.3f}{plus_minus(whole_std)}.")
@@ -121,6 +163,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(rows))
+    print()
+    print(accuracy_table(rows))
     print()
     print(results_line(rows, args.paper, args.config))
     return 0

@@ -1,5 +1,5 @@
-"""Validation loss of checkpoints under several evaluation protocols, to size how much of a reported val
-loss is the protocol rather than the model.
+"""Validation loss and accuracy of checkpoints under several evaluation protocols, to size how much of a
+reported val loss is the protocol rather than the model.
 
     PYTHONPATH=. python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py CKPT [CKPT ...] \
         [--data DIR] [--random-batches 20] [--seed 0] [--json] [--protocols ours,val_all,...] [--device auto]
@@ -8,8 +8,9 @@ loss is the protocol rather than the model.
 shards at the train_files/val_files paths in each checkpoint's hyperparameters.
 
 Every protocol is a set of windows of seq_len + 1 tokens (the run's seq_len) of one split; its number is
-the mean next-token cross-entropy (nats/token) over every target of every window, summed as
-train_gpt.evaluate sums it (model.eval_sums in chunks of the run's micro_batch_size, under the autocast
+the mean next-token cross-entropy (nats/token) over every target of every window, and beside it the accuracy
+(the fraction of targets that are the argmax over the real vocabulary), both summed as train_gpt.evaluate sums
+them (model.eval_sums in chunks of the run's micro_batch_size, under the autocast
 train_gpt would use on --device (auto: CUDA if there is one; bf16 there, as a GPU run validates), with the
 run's attention window at the checkpoint's step). Protocols:
 - ours:            the run's own validation: the first val_tokens of the val split in back-to-back windows
@@ -33,8 +34,10 @@ The paper averages per-batch means; its batches are full and its windows of equa
 the mean over all targets computed here. The stride-1 loader stops early, as the paper's does, when the
 split has fewer full batches than val_iters (never on tiny Shakespeare's 111,540-token val split).
 
-Output: a markdown table, one row per checkpoint, one column per protocol, then the windows each protocol
-read for the first checkpoint; --json prints the same as one JSON object instead.
+Output: a markdown table, one row per checkpoint, one column per protocol holding "loss / accuracy", then the
+windows each protocol read for the first checkpoint; --json prints one JSON object instead: per checkpoint
+{checkpoint, step, num_iterations, dtype, seq_len, loss: {protocol: nats}, accuracy: {protocol: fraction},
+windows: {protocol: ...}}.
 """
 from __future__ import annotations
 
@@ -115,20 +118,22 @@ def describe_windows(split: str, starts: np.ndarray, seq_len: int) -> dict:
 
 
 @torch.no_grad()
-def mean_loss(model: train_gpt.GPT, stream: train_gpt.TokenStream, starts: np.ndarray, amp, window: int) -> float:
-    """Mean next-token cross-entropy (nats) over every target of the windows stream[s : s + seq_len + 1], s in
-    starts: model.eval_sums on chunks of hp.micro_batch_size windows, float64 totals, as train_gpt.evaluate.
-    The windows go to the model's device."""
+def loss_and_accuracy(model: train_gpt.GPT, stream: train_gpt.TokenStream, starts: np.ndarray, amp,
+                      window: int) -> tuple[float, float]:
+    """(mean next-token cross-entropy in nats, fraction of targets predicted by the argmax) over every target of
+    the windows stream[s : s + seq_len + 1], s in starts: model.eval_sums on chunks of hp.micro_batch_size
+    windows, float64 totals, as train_gpt.evaluate. The windows go to the model's device."""
     hp = model.hp
     device = model.lm_head.weight.device
-    loss_total, count = 0.0, 0
+    loss_total, correct_total, count = 0.0, 0, 0
     for i in range(0, len(starts), hp.micro_batch_size):
         x, y = train_gpt.token_batch(stream, starts[i:i + hp.micro_batch_size], hp.seq_len, device)
         with amp:
-            loss_sum, _, _ = model.eval_sums(x, y, train_gpt.AttentionMask(x, hp.bos_token, window))
+            loss_sum, correct, _ = model.eval_sums(x, y, train_gpt.AttentionMask(x, hp.bos_token, window))
         loss_total += loss_sum.double().item()
+        correct_total += int(correct.item())
         count += y.numel()
-    return loss_total / count
+    return loss_total / count, correct_total / count
 
 
 # ----------------------------------------------------------------------------- data and checkpoints
@@ -160,8 +165,8 @@ def open_splits(hp: train_gpt.Hyperparameters, data: str | None, path: str) -> d
 
 def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: int,
                         protocols: tuple[str, ...] = PROTOCOLS, device: torch.device = torch.device("cpu")) -> dict:
-    """{checkpoint, step, dtype, seq_len, loss: {protocol: nats}, windows: {protocol: describe_windows}}, for
-    the named protocols, evaluated on `device`."""
+    """{checkpoint, step, num_iterations, dtype, seq_len, loss: {protocol: nats}, accuracy: {protocol: fraction},
+    windows: {protocol: describe_windows}}, for the named protocols, evaluated on `device`."""
     model, state = train_gpt.model_from_checkpoint(path)
     model = model.to(device)
     hp = model.hp
@@ -173,9 +178,11 @@ def evaluate_checkpoint(path: str, data: str | None, random_batches: int, seed: 
         raise ValueError(f"{path}: {e}") from None
     amp, dtype = train_gpt.autocast_for(hp, device)
     window = train_gpt.window_size(hp, state["step"])
-    return dict(checkpoint=path, step=state["step"], dtype=dtype, seq_len=hp.seq_len,
-                loss={name: mean_loss(model, splits[split], starts, amp, window)
-                      for name, (split, starts) in windows.items()},
+    scores = {name: loss_and_accuracy(model, splits[split], starts, amp, window)
+              for name, (split, starts) in windows.items()}
+    return dict(checkpoint=path, step=state["step"], num_iterations=hp.num_iterations, dtype=dtype,
+                seq_len=hp.seq_len, loss={name: loss for name, (loss, _) in scores.items()},
+                accuracy={name: acc for name, (_, acc) in scores.items()},
                 windows={name: describe_windows(split, starts, hp.seq_len)
                          for name, (split, starts) in windows.items()})
 
@@ -189,9 +196,11 @@ def markdown_header(protocols: tuple[str, ...] = PROTOCOLS) -> str:
 
 
 def markdown_row(result: dict) -> str:
-    """One checkpoint: its name, step, autocast dtype, then the mean loss of each protocol (nats/token)."""
+    """One checkpoint: its name, step, autocast dtype, then under each protocol "mean loss (nats/token) /
+    accuracy"."""
     return (f"| {os.path.basename(result['checkpoint'])} | {result['step']} | {result['dtype']} | "
-            + " | ".join(f"{v:.4f}" for v in result["loss"].values()) + " |")
+            + " | ".join(f"{loss:.4f} / {result['accuracy'][name]:.4f}" for name, loss in result["loss"].items())
+            + " |")
 
 
 def windows_table(result: dict) -> str:
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(dict(protocols=list(args.protocols), results=results), indent=1))
     else:
-        print("\n" + windows_table(results[0]))
+        print("\nEach cell: mean next-token loss (nats/token) / accuracy.\n\n" + windows_table(results[0]))
     return 0
 
 
