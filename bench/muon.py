@@ -41,11 +41,15 @@ def gpt2_small_matrices(layers: int, seed: int = 0) -> tuple[list, list]:
 
 
 def load_baseline(rev: str):
-    """muon.Muon of git revision `rev` (with that revision's constraints.py), as separate modules."""
+    """muon.Muon of git revision `rev` (with that revision's constraints.py, and kernels.py where it has one),
+    as separate modules."""
     tmp = tempfile.mkdtemp(prefix="muon_baseline_")
-    for name in ("constraints", "muon"):
+    has_kernels = subprocess.run(["git", "cat-file", "-e", f"{rev}:kernels.py"], cwd=ROOT,
+                                 stderr=subprocess.DEVNULL).returncode == 0
+    for name in ("kernels", "constraints", "muon") if has_kernels else ("constraints", "muon"):
         src = subprocess.check_output(["git", "show", f"{rev}:{name}.py"], cwd=ROOT, text=True)
         src = src.replace("import constraints\n", "import baseline_constraints as constraints\n")
+        src = src.replace("import kernels\n", "import baseline_kernels as kernels\n")
         with open(os.path.join(tmp, f"baseline_{name}.py"), "w") as f:
             f.write(src)
     sys.path.insert(0, tmp)

@@ -1,4 +1,5 @@
-"""constraints.py against SVD / float64 oracles; Triton kernels (interpreter) against the torch path."""
+"""constraints.py against SVD / float64 oracles; the methods on the Triton kernels (interpreter) against the
+torch path."""
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import constraints as C
+import kernels
 
 ALL_METHODS = sorted(C.METHODS)
 
@@ -467,44 +469,11 @@ def test_unknown_method_and_bad_hyperparameters_raise():
 
 
 # ------------------------------------------------------------------------------------------------
-# Triton kernels (TRITON_INTERPRET=1, CPU tensors) against the torch path
+# The methods on the Triton kernels (TRITON_INTERPRET=1, CPU tensors) against the torch path
+# (the kernels themselves: tests/test_kernels.py)
 
-triton_only = pytest.mark.skipif(not (C.HAVE_TRITON and C._INTERPRETING),
+triton_only = pytest.mark.skipif(not (kernels.HAVE_TRITON and kernels.INTERPRETING),
                                  reason="needs triton with TRITON_INTERPRET=1 (set in conftest)")
-
-
-@triton_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m,n", [(64, 48), (32, 96), (100, 70)])
-def test_triton_sym_mm_matches_torch(dtype, m, n):
-    gen = torch.Generator().manual_seed(0)
-    X = torch.randn(2, m, n, generator=gen).to(dtype)
-    Xs = X.mT if m >= n else X   # the smaller-side Gram via strides, no copy
-    got = C.triton_sym_mm(Xs, Xs, out_dtype=torch.float32)
-    want = C.torch_sym_mm(Xs.float(), Xs.float())
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
-    assert torch.equal(got, got.mT)  # mirrored blocks are exact copies
-    D = torch.randn(2, got.shape[-1], got.shape[-1], generator=gen)
-    D = D + D.mT
-    got = C.triton_sym_mm(want, want, alpha=-0.3, beta=2.0, D=D)
-    torch.testing.assert_close(got, C.torch_sym_mm(want, want, alpha=-0.3, beta=2.0, D=D),
-                               rtol=1e-5, atol=1e-3)
-
-
-@triton_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("m,k,n", [(64, 48, 48), (32, 32, 96), (70, 33, 50)])
-def test_triton_mm_add_matches_torch(dtype, m, k, n):
-    gen = torch.Generator().manual_seed(1)
-    A = torch.randn(2, m, k, generator=gen).to(dtype)
-    B = torch.randn(2, k, n, generator=gen)                 # float32 polynomial times bf16 weights
-    R = torch.randn(2, m, n, generator=gen).to(dtype)
-    got = C.triton_mm_add(A, B, alpha=0.7, beta=1.5, R=R, out_dtype=torch.float32)
-    want = C.torch_mm_add(A.float(), B, alpha=0.7, beta=1.5, R=R.float())
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
-    got = C.triton_mm_add(A, B.to(dtype), out_dtype=dtype)
-    want = C.torch_mm_add(A.float(), B.to(dtype).float()).to(dtype)
-    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
 @triton_only
@@ -514,8 +483,8 @@ def test_methods_on_triton_path_match_torch_path(monkeypatch, method, m, n, dtyp
     W = make_weight(m, n, spread(min(m, n), 1.06, 0.0), seed=2, batch=(2,))[0].to(dtype)
     kw = dict(max_update_norm=0.06)
     want = C.apply(W, method, 1.0, **kw)
-    monkeypatch.setattr(C, "TRITON_ON_CPU", True)
-    assert C._ops_for(W) is C._TritonOps
+    monkeypatch.setattr(kernels, "TRITON_ON_CPU", True)
+    assert kernels.ops_for(W) is kernels._TritonOps
     got = C.apply(W, method, 1.0, **kw)
     assert got.dtype == dtype and got.shape == W.shape
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -527,9 +496,9 @@ def test_msign_on_triton_path_matches_torch_path(monkeypatch):
     X = torch.randn(2, 48, 64, generator=torch.Generator().manual_seed(3))
     for coeffs in ("fork", "polar_express"):
         want = C.msign(X, coeffs=coeffs)
-        monkeypatch.setattr(C, "TRITON_ON_CPU", True)
+        monkeypatch.setattr(kernels, "TRITON_ON_CPU", True)
         got = C.msign(X, coeffs=coeffs)
-        monkeypatch.setattr(C, "TRITON_ON_CPU", False)
+        monkeypatch.setattr(kernels, "TRITON_ON_CPU", False)
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
@@ -603,66 +572,3 @@ def test_properties_describe_every_method_once():
     assert all(i.exact <= i.caps for i in C.PROPERTIES.values())  # exact only says how a cap holds
     with pytest.raises(AttributeError):
         C.PROPERTIES["soft_cap"].coupled = False  # frozen: one record, not a copy to edit
-
-
-# ------------------------------------------------------------------------------------------------
-# the per-shape dispatch: measured once per key on CUDA, never on CPU
-
-def test_cpu_tensors_never_take_the_measured_dispatch():
-    assert C._ops_for(torch.zeros(2, 3, 3)) is C._TorchOps
-
-
-@triton_only
-def test_measured_dispatch_measures_only_when_asked_once_per_key_and_skips_failing_or_wrong_kernels(monkeypatch):
-    """_measured's choice logic on CPU tensors (the Triton side runs under the interpreter), with the
-    timer replaced by fixed numbers: no wall clock in tests."""
-    monkeypatch.setattr(C, "DISPATCH_CHOICES", {})
-    monkeypatch.setattr(C, "DISPATCH_MISMATCHES", {})
-    timed = []
-
-    def fake_ms(fn, reps=10):
-        timed.append(fn)
-        fn()
-        return 1.0 if len(timed) % 2 else 2.0   # the first timed (Triton) is the faster
-    monkeypatch.setattr(C, "_median_ms", fake_ms)
-    X = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(0))
-    want = C.torch_sym_mm(X.mT, X.mT)
-    got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)   # not measuring: torch, no timing
-    assert not timed and not C.DISPATCH_CHOICES
-    with C.measuring_dispatch():
-        for _ in range(3):
-            got = C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
-    assert len(timed) == 2 and list(C.DISPATCH_CHOICES.values()) == ["triton"]   # measured once, cached
-    C._MeasuredOps.sym_mm(X.mT, X.mT, out_dtype=torch.float32)   # after the warm-up: the cached choice
-    assert len(timed) == 2
-    with C.measuring_dispatch():
-        C._MeasuredOps.sym_mm(X, X)                        # another shape: another key, measured again
-    assert len(timed) == 4 and len(C.DISPATCH_CHOICES) == 2
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("kernel does not build")
-    monkeypatch.setattr(C._TritonOps, "mm_add", staticmethod(broken))
-    P = torch.randn(2, 24, 24, generator=torch.Generator().manual_seed(1))
-    with C.measuring_dispatch():
-        out = C._MeasuredOps.mm_add(X, P, beta=0.5, R=X)
-    torch.testing.assert_close(out, C.torch_mm_add(X, P, beta=0.5, R=X))
-    assert [v for k, v in C.DISPATCH_CHOICES.items() if k[0] == "mm_add"] == ["torch"]
-
-    # a kernel that is faster but wrong (here 1% off in float32) is never chosen, and is reported
-    monkeypatch.setattr(C._TritonOps, "mm_add", staticmethod(lambda *a, **k: 1.01 * C.torch_mm_add(*a, **k)))
-    n_timed = len(timed)
-    with C.measuring_dispatch():
-        C._MeasuredOps.mm_add(X, P, alpha=2.0)
-    assert len(timed) == n_timed                                # not even timed
-    (gap,) = C.DISPATCH_MISMATCHES.values()
-    assert 0.009 < gap < 0.011
-    assert [v for k, v in C.DISPATCH_CHOICES.items() if k[0] == "mm_add"] == ["torch", "torch"]
-    assert "1 disagreed with torch" in C.dispatch_summary()
-
-
-def test_dispatch_choices_merge_in_rank_order():
-    """Every rank computes the same table; rank 0's measurement wins where ranks disagree."""
-    per_rank = [{"a": "triton", "b": "torch"}, {"a": "torch", "c": "triton"}, {"c": "torch", "d": "torch"}]
-    assert C.merge_dispatch_choices(per_rank) == {"a": "triton", "b": "torch", "c": "triton", "d": "torch"}
-    assert C.merge_dispatch_choices([{}, {"a": "torch"}]) == {"a": "torch"}
