@@ -6,9 +6,10 @@ checks (for --dry-run) that what the script would run parses. Standard library o
     python bench/gpu_check_summary.py shards DIR VOCAB TRAIN_TOKENS VAL_TOKENS   # synthetic shards (imports torch)
     python bench/gpu_check_summary.py dry-check [--anchor=PATH] :: OURS FLAGS :: OURS FLAGS ... :: STEP_GPU ARGS
 
-The raw folder (OUT_DIR/raw while gpu_check.sh runs, then packed into OUT_DIR/raw.tar.gz): stages.tsv (one row per stage: name, rc, seconds used, its
-box, the time it was given, the command; rc is a number, or "skipped" / "missing"), and <stage>.out /
-<stage>.err for each stage that ran (stdout / stderr; the runs' stderr holds TORCH_LOGS=recompiles,graph_breaks).
+The raw folder (in gpu_check.sh's scratch folder while it runs, packed into OUT_DIR/raw.tar.gz after every stage):
+stages.tsv (one row per stage: name, rc, seconds used, its box, the time it was given, the command; rc is a
+number, or "skipped" / "missing"), and <stage>.out / <stage>.err for each stage that ran (stdout / stderr; the
+runs' stderr holds TORCH_LOGS=recompiles,graph_breaks).
 """
 import os
 import re
@@ -20,13 +21,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> title, in the order gpu_check.sh runs them
 STAGES = {
     "versions": "python, torch, triton, CUDA, GPU, commit",
-    "tests": "CUDA tests (pytest -m cuda)",
     "shards": "synthetic shards",
     "anchor": "speedrun record #21 (anchor), 1 GPU",
     "soft_cap": "ours --constraint=soft_cap",
     "none": "ours --constraint=none",
     "kernels": "constraint kernels (bench/constraints.py --device cuda)",
     "muon": "Muon split (bench/step_gpu.py --steps=0 --split_steps)",
+    "tests": "tests (pytest tests/test_cuda.py)",
 }
 RUNS = ("anchor", "soft_cap", "none")
 
@@ -144,7 +145,7 @@ def classify(name: str, rc: str, seconds: int, given: int) -> str:
     if rc in ("skipped", "missing"):
         return rc
     code = int(rc)
-    if code == 0 or (name == "tests" and code == 5):  # pytest 5: no test carries the marker
+    if code == 0:
         return "ok"
     if code == 124 or (code == 137 and seconds >= given):
         return "timeout"
@@ -186,14 +187,14 @@ def stage_note(out_dir: str, row: dict, run: dict | None) -> str:
     if status == "timeout":
         return (f"TIMED OUT after {row['seconds']} s (given {row['given']} s); {progress}"
                 f"last output: {last_line(out) or last_line(err) or '(none)'}")
+    if name == "tests" and row["rc"] == "5":  # pytest's "no tests ran": the file or its CUDA tests went missing
+        return f"FAILED, no tests ran: {pytest_outcome(out) or last_line(err) or '(no output)'}"
     if status in ("failed", "killed"):
         what = f"rc {row['rc']}" + (" (killed by a signal; out of memory?)" if status == "killed" else "")
         return f"FAILED, {what}; {progress}first error: {first_error_line(err) or first_error_line(out) or last_line(err) or last_line(out) or '(no output)'}"
     if "stopped by bench/gpu_check.sh" in err:
         return "stopped after its train peak line (its final validation is not needed here)"
     if name == "tests":
-        if row["rc"] == "5":
-            return f"no tests ran (none is marked cuda): {pytest_outcome(out) or ''}"
         return pytest_outcome(out) or ""
     return ""
 
@@ -345,7 +346,7 @@ def shards(out_dir: str, vocab: int, train_tokens: int, val_tokens: int) -> int:
     return 0
 
 
-PROJECT_FILES = ("train_gpt.py", "constraints.py", "lipschitz.py", "muon.py", "bench/step_gpu.py",
+PROJECT_FILES = ("train_gpt.py", "constraints.py", "kernels.py", "lipschitz.py", "muon.py", "bench/step_gpu.py",
                  "bench/constraints.py", "bench/gpu_check_summary.py")
 
 

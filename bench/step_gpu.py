@@ -97,19 +97,24 @@ class Clock:
 
 def split_step(flags: list[str], steps: int, warmup: int, device: torch.device) -> dict:
     """ms per step of forward+backward, Muon.step and the constraint inside it (median over `steps`), in
-    this process on `device`, through train_gpt's own make_model, make_optimizers and train_step."""
+    this process on `device`, through train_gpt's own make_model, make_optimizers, warm_up and train_step. The
+    warm-up is the trainer's: it compiles the graphs and measures the kernel dispatch (kernels.measuring_dispatch)
+    before restoring the initial state, so the timed steps run the kernels a training run runs."""
     import constraints
+    import run_control as rc
     import train_gpt as tg
     from muon import Muon
 
-    hp = tg.Hyperparameters.from_args(flags + [f"--num_iterations={warmup + steps + 1}"])  # lr schedule in range
-    hp.vocab_size = tg.read_vocab_size(hp)
-    amp, dtype = tg.autocast_for(hp, device)
+    # lr schedule in range; the warm-up steps are the trainer's own, untimed
+    hp = tg.Hyperparameters.from_args(flags + [f"--num_iterations={steps + 1}", f"--warmup_steps={warmup}"])
+    hp.vocab_size = tg.read_vocab_size(hp.train_files, hp.vocab_size)
+    ctx = tg.Context.local(hp, device)
     model = tg.make_model(hp).to(device)
     optimizers = tg.make_optimizers(model, hp)
-    compiled = hp.compile == "yes" or (hp.compile == "auto" and device.type == "cuda")
-    loss_fn = tg.model_fns(model, compiled).loss
     train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
+    compiled, why = rc.compile_choice(hp, device)
+    fns, _, _ = tg.warm_up(model, optimizers, train, hp, ctx, tg.model_fns(model, compiled), compiled, why,
+                           say=lambda *args, **kwargs: None)
     clock = Clock(device)
     marks: dict = {}
 
@@ -136,22 +141,20 @@ def split_step(flags: list[str], steps: int, warmup: int, device: torch.device) 
     rows = []
     constraints.apply = timed_apply
     try:
-        for step in range(warmup + steps):
+        for step in range(steps):
             marks.clear()
             start = clock.mark()
-            tg.train_step(model, optimizers, train, hp, step, 0, 1, device, amp, loss_fn)
+            tg.train_step(model, optimizers, train, hp, step, ctx, fns.loss)
             end = clock.mark()
             if device.type == "cuda":
                 end.synchronize()
-            if step < warmup:
-                continue
             pairs = lambda k: sum(clock.ms(a, b) for a, b in zip(marks.get(k, [])[::2], marks.get(k, [])[1::2]))  # noqa: E731
             rows.append(dict(total=clock.ms(start, end), fwd_bwd=clock.ms(start, marks["first_opt"]),
                              muon=pairs("muon"), constraint=pairs("constraint")))
     finally:
         constraints.apply = real_apply
     median = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
-    median["dtype"] = dtype
+    median["dtype"] = ctx.dtype
     return median
 
 

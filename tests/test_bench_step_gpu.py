@@ -54,3 +54,26 @@ def test_cpu_smoke_runs_train_gpt_and_the_in_process_split():
         assert m, out
         step, fwd_bwd, muon, constraint = (float(m.group(i)) for i in range(1, 5))
         assert fwd_bwd > 0 and muon > 0 and fwd_bwd + muon <= step * 1.001 and constraint <= muon
+
+
+def test_the_split_step_warms_up_under_the_measured_dispatch_as_the_trainer_does(tmp_path, monkeypatch, one_thread):
+    """The split's Muon stage must time the kernels a training run runs: its warm-up is train_gpt's, inside
+    kernels.measuring_dispatch(), and the timed steps come after it (CPU, smoke preset: no measuring happens
+    here, only the order of the calls is checked)."""
+    import contextlib
+
+    import kernels
+    events = []
+
+    @contextlib.contextmanager
+    def spy():
+        events.append("measure")
+        yield
+        events.append("measured")
+    monkeypatch.setattr(kernels, "measuring_dispatch", spy)
+    train, val = step_gpu.write_synthetic_shards(str(tmp_path), step_gpu.SMOKE_VOCAB, 20_000, 5_000)
+    flags = ["--preset=smoke", f"--vocab_size={step_gpu.SMOKE_VOCAB}", "--bos_token=-1", f"--train_files={train}",
+             f"--val_files={val}", "--compile=no"]
+    s = step_gpu.split_step(flags, steps=1, warmup=1, device=torch.device("cpu"))
+    assert events == ["measure", "measured"]
+    assert s["fwd_bwd"] > 0 and s["muon"] > 0 and s["constraint"] <= s["muon"]

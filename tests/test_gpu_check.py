@@ -14,7 +14,7 @@ _spec = importlib.util.spec_from_file_location("gpu_check_summary", os.path.join
 gs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gs)
 
-STAGES = ["versions", "tests", "shards", "anchor", "soft_cap", "none", "kernels", "muon"]
+STAGES = ["versions", "shards", "anchor", "soft_cap", "none", "kernels", "muon", "tests"]
 
 # what train_gpt.py prints on CUDA (console lines carry an eta suffix), cut to 3 steps
 OURS = """preset speedrun: ...
@@ -111,7 +111,7 @@ def test_parse_split_and_pytest_outcome():
 
 
 @pytest.mark.parametrize("name,rc,secs,given,status", [
-    ("soft_cap", "0", 90, 120, "ok"), ("tests", "5", 10, 65, "ok"), ("tests", "1", 10, 65, "failed"),
+    ("soft_cap", "0", 90, 120, "ok"), ("tests", "5", 10, 65, "failed"), ("tests", "1", 10, 65, "failed"),
     ("anchor", "124", 110, 110, "timeout"), ("anchor", "137", 118, 110, "timeout"),
     ("none", "137", 20, 70, "killed"), ("kernels", "skipped", 0, 0, "skipped"), ("anchor", "missing", 0, 0, "missing")])
 def test_classify(name, rc, secs, given, status):
@@ -120,9 +120,9 @@ def test_classify(name, rc, secs, given, status):
 
 def test_results_md_from_a_fabricated_results_folder(tmp_path):
     out = tmp_path
-    rows = [("versions", "0", 4, 15, 15), ("tests", "1", 30, 65, 76), ("shards", "0", 3, 15, 61),
-            ("anchor", "0", 100, 110, 168), ("soft_cap", "0", 110, 120, 188), ("none", "124", 70, 70, 148),
-            ("kernels", "1", 5, 25, 83), ("muon", "0", 35, 40, 103)]
+    rows = [("versions", "0", 4, 15, 15), ("shards", "0", 3, 15, 61), ("anchor", "0", 100, 110, 168),
+            ("soft_cap", "0", 110, 120, 188), ("none", "124", 70, 70, 148), ("kernels", "1", 5, 25, 83),
+            ("muon", "0", 35, 40, 103), ("tests", "1", 30, 65, 76)]
     (out / "stages.tsv").write_text("".join(f"{n}\t{rc}\t{s}\t{b}\t{g}\tcmd {n}\n" for n, rc, s, b, g in rows))
     (out / "versions.out").write_text("torch: 2.11.0+cu130 (CUDA 13.0)\ngpu: 1 x NVIDIA H200\n")
     (out / "tests.out").write_text("F.\nFAILED tests/test_x.py::test_y - AssertionError: boom\n1 failed, 1 passed in 3s\n")
@@ -139,8 +139,8 @@ def test_results_md_from_a_fabricated_results_folder(tmp_path):
     assert "| ours --constraint=none | 2/3 |" in md
     assert "- ours soft_cap / anchor: time 2.000 (at step 3/3), memory 1.678" in md
     assert "- ours soft_cap / ours none: time 1.036 (at step 2/3, PARTIAL), memory -" in md
-    assert "timed out: `none`; failed: `tests`, `kernels`" in md
-    assert "| tests: CUDA tests (pytest -m cuda) | failed | 30 | 65 | 76 |" in md
+    assert "timed out: `none`; failed: `kernels`, `tests`" in md
+    assert "| tests: tests (pytest tests/test_cuda.py) | failed | 30 | 65 | 76 |" in md
     assert "TIMED OUT after 70 s (given 148 s); reached step 2/3" in md
     assert "first error: FAILED tests/test_x.py::test_y - AssertionError: boom" in md
     assert "first error: torch.OutOfMemoryError: CUDA out of memory" in md
@@ -156,6 +156,8 @@ def test_dry_run_exits_0_and_prints_every_stage(tmp_path):
         assert f"{i}. {name} " in done.stdout
     assert "total: 460 s of boxes" in done.stdout and "dry run: all is well" in done.stdout
     assert "--constraint=soft_cap" in done.stdout and "bench/constraints.py --device cuda" in done.stdout
+    assert done.stdout.count("--warmup_steps=2 --val_at_start=0") == 2  # both timed runs of ours
+    assert "pytest -q -p no:cacheprovider tests/test_cuda.py -m cuda" in done.stdout  # that file alone
     assert (tmp_path / "plan.txt").exists() and not (tmp_path / "raw").exists()
 
 
@@ -167,7 +169,7 @@ def test_dry_run_reports_one_line_per_problem_and_fails():
     assert len(problems) == 4, done.stdout
     assert any("GPU_CHECK_STEPS=0" in p for p in problems) and any("no stage bogus" in p for p in problems)
     assert any("655 s, over 470 s" in p for p in problems) and any("/nonexistent/python3" in p for p in problems)
-    assert "8. muon" in done.stdout  # the plan is still printed
+    assert "8. tests" in done.stdout  # the plan is still printed
 
 
 def test_without_cuda_a_plain_run_says_so_in_one_line_and_exits_2(tmp_path):
@@ -219,20 +221,93 @@ def test_the_anchor_is_stopped_after_its_train_peak_line_and_counts_as_passed(tm
     assert "stopped after its train peak line" in md
 
 
+def slow_stage_python(tmp_path, stage):
+    """A python that sleeps 60 s when run for gpu_check_summary.py's `stage` subcommand, else is this one."""
+    slow = tmp_path / "python"
+    slow.write_text(f'#!/bin/sh\ncase "$*" in *" {stage}"*) sleep 60 ;; esac\nexec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    return slow
+
+
+def start_script(tmp_path, env, until):
+    """gpu_check.sh --cpu-smoke in its own process group, read until a console line starts with `until`."""
+    import signal  # noqa: F401 - the callers signal the group
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
+    full.update({"TMPDIR": str(tmp_path / "tmp"), **env})
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.Popen(["bash", SCRIPT, "--cpu-smoke", str(tmp_path / "out")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=full, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(until):
+            return proc, seen
+    raise AssertionError("the script ended before " + until + ":\n" + "".join(seen))
+
+
+def test_a_terminated_run_packs_what_it_has_and_leaves_no_scratch(tmp_path):
+    """TERM from outside mid-stage: the stage is stopped, OUT_DIR ends with results.md and raw.tar.gz only, and
+    the scratch folder (shards, checkpoints; under TMPDIR, never OUT_DIR) is gone."""
+    import signal
+    proc, _ = start_script(tmp_path, {"PYTHON": str(slow_stage_python(tmp_path, "shards"))}, "== shards")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, out
+    assert sorted(os.listdir(tmp_path / "out")) == ["raw.tar.gz", "results.md"]
+    assert os.listdir(tmp_path / "tmp") == []  # the scratch folder went with it
+    rows = gs.read_stages(raw(tmp_path / "out"))
+    assert [r["name"] for r in rows] == ["versions"] and rows[0]["status"] == "ok"
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| shards: synthetic shards | not reached |" in md
+
+
+def test_a_killed_run_leaves_at_most_what_it_had_packed(tmp_path):
+    """SIGKILL to every process of the run (no trap runs): OUT_DIR holds only results.md and raw.tar.gz as packed
+    after the last completed stage, never the shards or a half-written raw folder."""
+    import signal
+    proc, _ = start_script(tmp_path, {"PYTHON": str(slow_stage_python(tmp_path, "shards"))}, "== shards")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert sorted(os.listdir(tmp_path / "out")) == ["raw.tar.gz", "results.md"]
+    assert [r["name"] for r in gs.read_stages(raw(tmp_path / "out"))] == ["versions"]
+
+
+def test_cpu_smoke_fast_stages_leave_two_files_and_every_stage_in_results(tmp_path):
+    """The quick part of the path on the CPU (versions, shards, the anchor failing without CUDA or missing, the
+    kernel table's no-CUDA answer); the others are skipped. The whole path: test_cpu_smoke_runs_the_whole_path."""
+    out = tmp_path / "out"
+    done = run_script("--cpu-smoke", str(out), timeout=300, env={
+        "GPU_CHECK_SKIP": "soft_cap,none,muon,tests", "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(os.listdir(out)) == ["raw.tar.gz", "results.md"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("gpu_check.")]  # scratch removed
+    md = (out / "results.md").read_text()
+    for name, title in gs.STAGES.items():
+        assert f"| {name}: {title} |" in md
+    status = {r["name"]: r["status"] for r in gs.read_stages(raw(out))}
+    assert status["versions"] == status["shards"] == status["kernels"] == "ok"
+    assert status["anchor"] in ("failed", "missing") and status["tests"] == "skipped"
+
+
 @pytest.mark.slow
 def test_cpu_smoke_runs_the_whole_path(tmp_path):
-    """The real stages on the CPU (smoke preset): shards, the anchor (fails without CUDA, or is missing),
-    ours, the Muon split; results.md parses them, and the scratch folder is gone."""
+    """Every stage on the CPU (smoke preset; 2-3 minutes on 2 shared cores): shards, the anchor (fails without
+    CUDA, or is missing), ours twice, the kernel table's no-CUDA answer, the Muon split, and the tests stage
+    running tests/test_cuda.py's CPU tests with nothing failed; OUT_DIR ends with results.md and raw.tar.gz."""
     out = tmp_path / "out"
-    done = run_script("--cpu-smoke", str(out), timeout=600, env={"GPU_CHECK_SKIP": "tests,none,kernels"})
+    done = run_script("--cpu-smoke", str(out), timeout=900, env={"TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(os.listdir(out)) == ["raw.tar.gz", "results.md"]  # two files: the device tool returns 8
     status = {r["name"]: r["status"] for r in gs.read_stages(raw(out))}
-    assert status == dict(versions="ok", tests="skipped", shards="ok", anchor=status["anchor"], soft_cap="ok",
-                          none="skipped", kernels="skipped", muon="ok")
+    assert status == dict(versions="ok", shards="ok", anchor=status["anchor"], soft_cap="ok", none="ok",
+                          kernels="ok", muon="ok", tests="ok")
     assert status["anchor"] in ("failed", "missing")
     md = (out / "results.md").read_text()
-    assert "| ours --constraint=soft_cap | 4/4 |" in md
+    assert "| ours --constraint=soft_cap | 4/4 |" in md and "| ours --constraint=none | 4/4 |" in md
     assert "| lipschitz/soft_cap |" in md and "Muon / the run's step_avg" in md
     assert "first error:" in md or "anchor script missing" in md
-    assert os.path.exists(os.path.join(out, "unpacked", "raw", "logs", "soft_cap.txt"))
+    tests_row = next(line for line in md.splitlines() if line.startswith("| tests:"))
+    assert " passed" in tests_row and "failed" not in tests_row.split("|")[-2], tests_row
+    unpacked = os.path.join(out, "unpacked", "raw")
+    assert "tests/test_cuda.py" in open(os.path.join(unpacked, "stages.tsv")).read()
+    assert os.path.exists(os.path.join(unpacked, "logs", "soft_cap.txt"))
