@@ -165,10 +165,39 @@ def check_protocol_table(tiny, proc):
     assert "(the first 1,296 characters of the val split" in proc.stdout
 
 
+def robustness_of_tiny(tiny) -> str:
+    """tools/robustness.py --json of the tiny checkpoint (64 tokens, two budgets), as the robustness report's input."""
+    path = tiny.dir / "robustness.json"
+    if not path.exists():
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["OMP_NUM_THREADS"] = "1"
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "robustness.py"), tiny.ckpt, "--json",
+                               "--tokens=64", "--eps=0.001,0.1", "--restarts=1", "--steps=3"], cwd=tiny.dir, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        path.write_text(proc.stdout)
+    (tiny.dir / "robustness").mkdir(exist_ok=True)
+    return str(path)
+
+
+def check_robustness_report(tiny, proc):
+    (row,) = table_rows(proc.stdout, "smoke")
+    assert row[1] == "5"  # the run's last step: not preliminary
+    assert row[2].startswith("10^") and 0 <= float(row[3]) <= 1
+    for cell in row[4:6]:
+        attacked, certified = (float(v) for v in cell.split(" / "))
+        assert 0 <= certified <= attacked <= float(row[3])
+    out = tiny.dir / "robustness"
+    assert (out / "table.md").read_text() == proc.stdout
+    assert (out / "accuracy_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # relative path -> (arguments given the `tiny` fixture, check of the finished process)
 RECIPES = {
     "records/2026-12-03-protocol-table/table.py": (
         lambda t: [scores_of_tiny(t), "--logs", os.path.dirname(t.log), "--config", "smoke"], check_protocol_table),
+    "records/2026-12-05-robustness/report.py": (
+        lambda t: [robustness_of_tiny(t), "--out", t.dir / "robustness"], check_robustness_report),
     f"{GAP}/eval_protocols.py": (lambda t: [t.ckpt], check_eval_protocols),
     f"{GAP}/accounting.py": (lambda t: [t.ckpt], check_accounting),
     f"{GAP}/ngram_difficulty.py": (lambda t: [t.text, "--orders", "1,3", "--ours-chars", "8192"],
@@ -339,3 +368,7 @@ def test_other_scripts_bad_input(tiny, tmp_path, capsys):
     one_line_error(capsys, table.main([str(tmp_path / "list.json")]), "list.json", "results")
     one_line_error(capsys, table.main([scores_of_tiny(tiny), "--logs", str(tmp_path)]), "smoke.txt", "--logs")
     one_line_error(capsys, table.main([]), "scores")
+    report = load_script("records/2026-12-05-robustness/report.py")
+    one_line_error(capsys, report.main([str(tmp_path / "missing.json")]), "missing.json", "robustness.py --json")
+    one_line_error(capsys, report.main([str(tmp_path / "list.json")]), "list.json", "results")
+    one_line_error(capsys, report.main([robustness_of_tiny(tiny), "--out", str(tmp_path / "nodir")]), "--out")

@@ -88,6 +88,30 @@ def test_margin_bound_holds_and_is_attained_on_the_vocabulary_step():
     assert (a - b).item() == pytest.approx(M, rel=1e-12)
 
 
+def test_soft_min_objective_weights_the_nearest_tokens_and_never_overflows():
+    m = torch.tensor([[1e4, 0.5, -3e4, 2.0]], dtype=torch.float64, requires_grad=True)
+    active = torch.tensor([[True, True, False, True]])
+    (g,) = torch.autograd.grad(R.attack_objective(m, active, tau=1e-3), m)
+    assert torch.isfinite(g).all() and g[0, 2] == 0  # inactive tokens pull nothing, even at exp(3e7)
+    assert g[0, 1] == pytest.approx(-1.0) and g.sum().item() == pytest.approx(-1.0)  # the smallest active margin
+    (g,) = torch.autograd.grad(R.attack_objective(m, active, tau=None), m)
+    assert g.tolist() == [[-1.0, -1.0, 0.0, -1.0]]
+
+
+def test_non_finite_logits_flip_nothing():
+    x = torch.zeros(1, 4, 8, dtype=torch.float64)
+    y = torch.zeros(1, 4, dtype=torch.long)
+    clean = torch.zeros(1, 4, 16, dtype=torch.float64)
+    clean[..., 0] = 1.0
+    correct, margin = R.margins(clean, y, 16)
+
+    def f(inp):  # right at delta = 0, NaN anywhere else
+        return clean + inp.sum() * (float("nan") if bool((inp != 0).any()) else 0.0)
+
+    res = R.pgd_attack(f, x, y, correct, margin, 16, 0.1, restarts=3, steps=3, gen=torch.Generator().manual_seed(0))
+    assert not res.flipped.any() and torch.equal(res.min_margin, margin)
+
+
 # ----------------------------------------------------------------------------- a model with known answers
 
 
