@@ -13,6 +13,8 @@ import scipy.stats
 
 from test_runlog import (A_LOSSES, B_LOSSES, SEP, VALS, _seed_logs, config, fork_script, optimization_track_log, our_log,
                          speedrun_log, write)
+import train_gpt as tg
+from test_train_gpt import shards, smoke_args  # noqa: F401  (shards: a fixture)
 from tools import compare, plots
 from tools.compare import group_runs, summary_table
 from tools.runlog import load_runs, parse_log
@@ -90,14 +92,32 @@ def test_group_by_config_minus_seed(tmp_path):
     assert list(group_runs(runs[:3])) == ["preset=shakespeare arch=lipschitz constraint=soft_cap w_max=1.0"]
 
 
-def test_default_keys_skip_paths_and_resume(tmp_path):
-    cfg = config(0, log_dir="logs", checkpoint_dir="ck", resume="x.pt", logit_scale=1.0, log_every=10,
-                 checkpoint_every=0, max_steps_this_run=0)
-    run = parse_log(write(tmp_path / "a.txt", our_log(cfg, VALS)))
+RUN_CONTROL = dict(compile="no", warmup_steps=0, log_every=10, val_every=100, val_at_start=1, checkpoint_every=0,
+                   checkpoint_minutes=10.0, checkpoint_dir="ck", log_dir="logs", resume="x.pt", max_steps_this_run=0,
+                   memory_check=1, micro_batch_size=8)
+
+
+def test_default_keys_skip_run_control_and_paths(tmp_path):
+    """Only the fields that say what a run computes; not the seed, run id or how the run is managed."""
+    run = parse_log(write(tmp_path / "a.txt", our_log(config(0, logit_scale=1.0, **RUN_CONTROL), VALS)))
     keys = compare.default_group_keys([run])
-    assert "logit_scale" in keys and "w_max" in keys
-    assert not {"log_dir", "checkpoint_dir", "resume", "seed", "run_id", "log_every", "checkpoint_every",
-                "max_steps_this_run"} & set(keys)
+    assert "logit_scale" in keys and "w_max" in keys and "num_iterations" in keys
+    assert not ({"seed", "run_id"} | set(RUN_CONTROL)) & set(keys)
+
+
+def test_groups_labelled_by_what_differs_in_what_they_compute(tmp_path):
+    """Two runs that differ in num_iterations and compile: labelled by num_iterations (compile, val_every and the
+    other run-control fields change how a run is managed, not what it computes)."""
+    def sorted_config(**kw):  # as train_gpt.py logs it: keys sorted, so compile comes before num_iterations
+        return dict(sorted(config(**kw).items()))
+    a = write(tmp_path / "a.txt", our_log(sorted_config(seed=0, num_iterations=4, compile="no", val_every=2), VALS))
+    vals6 = {**VALS, 6: (2.0, 0.4, "9", 5.0)}
+    b = write(tmp_path / "b.txt", our_log(sorted_config(seed=0, num_iterations=6, compile="yes", val_every=3), vals6))
+    groups = group_runs([parse_log(a), parse_log(b)])
+    assert list(groups) == ["num_iterations=4", "num_iterations=6"] and groups.hidden == {}
+    # the same computation managed differently (compile, cadence, micro-batches) is one configuration
+    c = write(tmp_path / "c.txt", our_log(config(1, num_iterations=4, **RUN_CONTROL), VALS))
+    assert [len(g) for g in group_runs([parse_log(a), parse_log(c)]).values()] == [2]
 
 
 def test_mean_std_and_ttest_match_numpy_scipy(tmp_path):
@@ -321,7 +341,7 @@ def test_copied_log_warns_repeated_seed(tmp_path):
 def test_one_flag_sweep_table_shows_the_changed_flag(tmp_path):
     """A sweep that changes one flag per run: full labels would list all seven keys in every row."""
     base = {"muon_lr": 0.05, "embed_lr": 0.1, "final_logit_scale": 8.0, "attn_logit_scale": 8.0,
-            "lm_head_lr": 0.005, "lm_head_w_max": 2.0, "micro_batch_size": 64}
+            "lm_head_lr": 0.005, "lm_head_w_max": 2.0, "muon_momentum_warmup_steps": 300}
     changes = [{}] + [{k: v * 2} for k, v in base.items()]
     paths = [write(tmp_path / f"r{i}.txt", our_log(config(0, 2.0, **{**base, **c}), VALS))
              for i, c in enumerate(changes)]
@@ -330,10 +350,10 @@ def test_one_flag_sweep_table_shows_the_changed_flag(tmp_path):
     table = summary_table(groups, baseline="reference")
     rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:10]]
     assert rows == ["reference", "muon_lr=0.1", "embed_lr=0.2", "final_logit_scale=16.0", "attn_logit_scale=16.0",
-                    "lm_head_lr=0.01", "lm_head_w_max=4.0", "micro_batch_size=128"]
+                    "lm_head_lr=0.01", "lm_head_w_max=4.0", "muon_momentum_warmup_steps=600"]
     assert "| reference | 1 | 2.2500 |" in table and "| baseline |" in table.splitlines()[2]
     assert ("Group labels list the changes from the most common setting: muon_lr=0.05 embed_lr=0.1 "
-            "final_logit_scale=8.0 attn_logit_scale=8.0 lm_head_lr=0.005 lm_head_w_max=2.0 micro_batch_size=64.") in table
+            "final_logit_scale=8.0 attn_logit_scale=8.0 lm_head_lr=0.005 lm_head_w_max=2.0 muon_momentum_warmup_steps=300.") in table
     assert compare.find_baseline(groups, "muon_lr=0.1") == list(groups)[1]  # its table label, exactly
     assert compare.runs_table(groups).splitlines()[3].startswith("| muon_lr=0.1 | r1.txt |")
 
@@ -456,3 +476,77 @@ def test_record_table_pinned(capsys):
     out, err = capsys.readouterr()
     assert out == H100_2000_TABLE
     assert err == "compare.py: read 21 log(s), skipped 0 file(s)\n"
+
+
+# ---------------------------------------------------------------------------- what users' folders hold
+
+@pytest.fixture(scope="module")
+def trained_folder(shards, tmp_path_factory):  # noqa: F811
+    """A folder of logs the real trainer wrote (smoke preset): resumed.txt, a run of 30 steps stopped at step 10
+    and resumed to step 21 (val_every=100: no validation after step 0); short.txt, a run of 8 steps with another
+    compile, stopped at its validation at step 2 (no run completes: the end-of-run sample takes seconds);
+    untrained.txt, short.txt cut after step 0 (what a run ended before its first step, e.g. by a second signal,
+    leaves)."""
+    out = tmp_path_factory.mktemp("trained")
+    resumed = ["--run_id=resumed", "--num_iterations=30", "--val_every=100", "--val_tokens=1024", "--compile=no"]
+    tg.main(smoke_args(shards, out, *resumed, "--max_steps_this_run=10"))
+    tg.main(smoke_args(shards, out, *resumed, "--max_steps_this_run=11", f"--resume={out}/ckpt/resumed.pt"))
+    tg.main(smoke_args(shards, out, "--run_id=short", "--num_iterations=8", "--val_every=2", "--val_tokens=1024",
+                       "--compile=auto", "--max_steps_this_run=2"))
+    lines = (out / "logs" / "short.txt").read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if line.startswith("step:0/"))
+    (out / "logs" / "untrained.txt").write_text("".join(lines[:last + 1]))
+    return out / "logs"
+
+
+def test_resumed_run_reported_at_its_last_step(trained_folder):
+    run = parse_log(str(trained_folder / "resumed.txt"))
+    assert run.last_step == 21 and run.resumed_from == [10] and run.val_steps == [0] and not run.complete
+    assert run.notes == ["truncated at step 21/30: no validation after step 0, 1 validations missing (30)",
+                         "resumed at step 10"]
+    s = compare.run_summary(run)
+    assert s["step"] == 21 and s["tokens"] == 21 * run.config["tokens_per_step"] and s["val_loss"] is None
+    assert s["train_time_s"] == run.train[-1]["train_time"] / 1000 and run.train[-1]["step"] == 21
+    assert compare.truncation_mark([run]) == "(stopped at 21/30)"
+
+
+def test_folder_with_resumed_and_untrained_logs(trained_folder, capsys):
+    """The resumed run is one run at its last step; the log without a training step is skipped (one line), not
+    a group of its own or a repeat of short.txt's seed; groups are labelled by num_iterations, not compile
+    (nor val_every or max_steps_this_run)."""
+    assert compare.main([str(trained_folder), "--no-plots"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "compare.py: read 3 log(s), skipped 0 file(s)",
+        f"compare.py: skipping 1 log(s) with no training step (nothing logged after step 0): {trained_folder}/untrained.txt"]
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| num_iterations=")]
+    assert [r[0] for r in rows] == ["| num_iterations=30 (stopped at 21/30)", "| num_iterations=8 (stopped at 2/8)",
+                                    "| num_iterations=30", "| num_iterations=8"]
+    assert rows[0][1:3] == ["1", "n/a"] and rows[0][6] == "21" and rows[0][8] == "21.50K"
+    assert rows[1][2] != "n/a" and rows[1][6] == "2"  # validated at step 2: its val loss there
+    assert rows[2][1] == "resumed.txt" and rows[2][7] == "21/30" and rows[2][9] == "21.50K"
+    assert rows[3][1] == "short.txt" and rows[3][7] == "2/8" and rows[3][10].startswith("truncated at step 2/8")
+    assert "repeats seed" not in out + err and "untrained.txt" not in out
+
+
+def test_only_untrained_logs_exit_2(trained_folder, tmp_path, capsys):
+    p = write(tmp_path / "u.txt", (trained_folder / "untrained.txt").read_text())
+    assert compare.main([p, "--no-plots"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "compare.py: no log has a training step; nothing to compare" and len(err) == 3
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    """`compare.py FOLDER | head -1`: the reader is gone before the table is written (here it closed the pipe
+    before the start); exit 0, and stderr holds just what it holds on a normal run: no traceback."""
+    _seed_logs(tmp_path, "runs", 1.0, A_LOSSES)
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "compare.py"), str(tmp_path / "runs"), "--no-plots"]
+    normal = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert normal.returncode == 0 and normal.stdout.startswith("| group |")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run(cmd, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert closed.returncode == 0 and closed.stderr == normal.stderr == "compare.py: read 3 log(s), skipped 0 file(s)\n"

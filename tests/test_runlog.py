@@ -263,6 +263,30 @@ def test_resumed_log_appends_config_and_lines(tmp_path):
     assert run.config["max_steps_this_run"] == 3 and run.notes == ["several config lines, the first is used"]
 
 
+
+def test_stop_and_resume_lines(tmp_path):
+    """train_gpt.py's 'stopped ... at step N/M' lines give the last step even when no step line was logged
+    there (a signal between two logged steps); its 'resumed run' lines mark each part of a resumed log."""
+    base = our_log(config(1), VALS, stop_after=3)  # validations at 0 and 2, training lines 1 to 3
+    logged_to_2 = base[:base.index("step:3/4 train_time")]
+    run = parse_log(write(tmp_path / "s.txt", logged_to_2 + "stopped by SIGTERM at step 3/4; checkpoint ck/r.pt\n"))
+    assert run.last_step == 3 and run.stopped_at == 3 and run.final["step"] == 2
+    assert run.notes == ["truncated at step 3/4: last validation at step 2, 1 validations missing (4)"]
+    rest = our_log(config(1), VALS)
+    resumed = (base + "stopped at step 3/4 (--max_steps_this_run=3); checkpoint ck/r.pt\n"
+               + f"config: {json.dumps(config(1, resume='ck/r.pt'))}\nresumed run run-1 from step 3/4 (ck/r.pt)\n"
+               + rest[rest.index("step:4/4 train_time"):])
+    run = parse_log(write(tmp_path / "r.txt", resumed))
+    assert run.complete and run.resumed_from == [3] and run.last_step == 4 and run.final["val_loss"] == 2.25
+    assert run.notes == ["resumed at step 3"]  # its second config line is the resume's: no note on it
+    only_zero = our_log(config(1), {0: VALS[0]}, stop_after=1)
+    assert parse_log(write(tmp_path / "z.txt", only_zero)).notes == [
+        "truncated at step 1/4: no validation after step 0, 2 validations missing (2, 4)"]
+    no_start = our_log(config(1, val_at_start=0), {2: VALS[2]}, stop_after=3)
+    assert parse_log(write(tmp_path / "n.txt", no_start)).notes == [  # step 0 was never due
+        "truncated at step 3/4: last validation at step 2, 1 validations missing (4)"]
+
+
 def test_step_lines_exposed_for_format_checks(tmp_path):
     run = parse_log(write(tmp_path / "a.txt", our_log(config(1), VALS)))
     assert run.step_lines[0] == "step:0/4 val_loss:4.1744 val_acc:0.0152 train_time:0ms step_avg:50.00ms"

@@ -19,12 +19,19 @@ summary prints; a log of older code that lacks it shows none (a note says so). `
 another form, named for what it is in the tables and plots: ``tight``, ``appendix_c`` (logged by
 every version) or ``paper_literal`` (the paper's recursion verbatim, not a certificate).
 
-A group's statistics use its complete runs, or its truncated ones if none is complete; a group of
-truncated runs is labelled "(stopped at S/M)" in the table and the plots. The exit code is 0 if at
-least one log was parsed and 2 otherwise (or on a bad argument).
+A run is reported at its last validation after step 0 (its final one when complete). A run without
+one (a resumed run stopped before its next validation, say) is reported at its last step: step,
+train time and tokens there, no validation metrics. A resumed log is one run. A group's statistics
+use its complete runs, or its truncated ones if none is complete; a group of truncated runs is
+labelled "(stopped at S/M)", S the step its runs are reported at, in the table and the plots. A log
+with no training step (nothing logged after step 0) is skipped; one line on stderr counts and names
+those. The exit code is 0 if at least one log was compared and 2 otherwise (or on a bad argument);
+a reader that closes the pipe early (``| head``) ends it quietly, exit code 0.
 
-Grouping: by every config key except seed, run_id, resume*, log/checkpoint paths, log_every,
-checkpoint_every and max_steps_this_run; logs without a config line by directory, labelled
+Grouping: by the config keys that say what a run computes: every one except seed, run_id, the
+run-control fields (run_control.RESUME_MAY_CHANGE: compile, warmup_steps, log_every, val_every,
+val_at_start, checkpoint_*, max_steps_this_run, memory_check, micro_batch_size, ...), resume* and
+log/checkpoint paths; logs without a config line by directory, labelled
 ``speedrun (DIR)``. ``--group-by`` replaces these keys with a comma-separated list of config keys and
 the pseudo-keys ``file`` (one group per log), ``dir`` (its folder), ``source`` (the hash of its
 source code) and, last, ``re:REGEX`` (the first group, or the whole match, of REGEX searched in the
@@ -58,11 +65,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: tools/ is on the path, the project root is not
     sys.path.insert(0, ROOT)
 
+from run_control import RESUME_MAY_CHANGE  # noqa: E402
 from tools.runlog import RunLog, load_runs  # noqa: E402
 
-# Config keys that differ between seeds of one configuration, or only steer logging, checkpoints
-# and chunked (resumed) runs without changing what is trained: never group by them.
-_UNGROUPED_KEYS = {"seed", "run_id", "log_every", "checkpoint_every", "max_steps_this_run"}
+# Config keys never grouped by: the seed and run id differ between the seeds of one configuration, and the
+# run-control fields (those a resumed run may change) decide how a run is managed, not what it computes.
+_UNGROUPED_KEYS = {"seed", "run_id"} | RESUME_MAY_CHANGE
 _PATH_SUFFIXES = ("dir", "_path", "_file")
 _HEADLINE_KEYS = ("preset", "arch", "constraint", "w_max")
 PSEUDO_KEYS = ("file", "dir", "source")
@@ -84,8 +92,9 @@ class Groups(dict):
 
 
 def default_group_keys(runs: list[RunLog]) -> list[str]:
-    """Every config key of the runs except seed, run_id, resume*, log/checkpoint paths and the
-    logging/checkpoint cadence keys."""
+    """Every config key of the runs except seed, run_id, the run-control fields
+    (run_control.RESUME_MAY_CHANGE: compile, val_every, checkpoint_every, micro_batch_size, ...),
+    resume* and log/checkpoint paths: the keys that say what a run computes."""
     keys: dict[str, None] = {}
     for r in runs:
         keys.update(dict.fromkeys(r.config or {}))
@@ -204,6 +213,13 @@ def group_runs(runs: list[RunLog], keys: list[str] | None = None) -> Groups:
     return groups
 
 
+def split_untrained(runs: list[RunLog]) -> tuple[list[RunLog], list[RunLog]]:
+    """(runs with a training step, runs without one): a log that holds nothing after step 0 (a run
+    ended before its first step, e.g. by a second signal) has no result to compare."""
+    trained = [r for r in runs if r.last_step > 0]
+    return trained, [r for r in runs if r.last_step == 0]
+
+
 def group_warnings(groups: dict[str, list[RunLog]]) -> dict[str, list[str]]:
     """{label: warnings} for groups whose runs mix step counts or source code (by source hash), or
     repeat a seed."""
@@ -227,13 +243,11 @@ def group_warnings(groups: dict[str, list[RunLog]]) -> dict[str, list[str]]:
 
 def truncation_mark(runs: list[RunLog]) -> str:
     """'' when the group's statistics come from complete runs, else '(stopped at S/M)' with the
-    last validated step(s) S (a range when they differ) of its truncated runs."""
+    step(s) S its truncated runs are reported at (reported_point; a range when they differ)."""
     if any(r.complete for r in runs):
         return ""
-    last = sorted({r.final.get("step") for r in runs if r.val_steps})
+    last = sorted({reported_point(r)["step"] for r in runs})
     totals = sorted({r.num_iterations for r in runs})
-    if not last:
-        return f"(stopped before any validation, of {'/'.join(map(str, totals))})"
     at = str(last[0]) if len(last) == 1 else f"{last[0]}-{last[-1]}"
     return f"(stopped at {at}/{'/'.join(map(str, totals))})"
 
@@ -283,10 +297,21 @@ def log10_bound(point: dict[str, float], bound: str = DEFAULT_BOUND) -> float | 
     return None
 
 
+def reported_point(run: RunLog) -> dict[str, float]:
+    """The step the tables report a run at, with its metrics and 'step': its last validation after step
+    0 (the final one when complete). A run without one, whose only validation (if any) is of the untrained
+    model, is reported at its last step, with the train time last logged and no validation metrics."""
+    final = run.final
+    if final and (final["step"] > 0 or run.complete):
+        return final
+    return {"step": run.last_step, **({"train_time": run.train[-1]["train_time"]} if run.train else {})}
+
+
 def run_summary(run: RunLog, bound: str = DEFAULT_BOUND) -> dict[str, float | None]:
-    """Final numbers of one run: val_loss, val_acc, log10_bound (the `bound` form), act_max_entry, step,
-    train_time_s, tokens (step * tokens_per_step from the config); None where not logged."""
-    f = run.final
+    """Final numbers of one run, at reported_point(run): val_loss, val_acc, log10_bound (the `bound`
+    form), act_max_entry, step, train_time_s, tokens (step * tokens_per_step from the config); None
+    where not logged."""
+    f = reported_point(run)
     tps = (run.config or {}).get("tokens_per_step")
     step = f.get("step")
     return {
@@ -322,7 +347,9 @@ def stats_runs(runs: list[RunLog]) -> tuple[list[RunLog], list[str]]:
     if complete and len(complete) < len(runs):
         notes.append(f"{len(runs) - len(complete)} truncated run(s) excluded")
     elif not complete:
-        notes.append("all runs truncated: last validations used")
+        unvalidated = sum(1 for r in runs if "val_loss" not in reported_point(r))
+        notes.append("all runs truncated: last validations used" + (
+            f", {unvalidated} run(s) not validated after step 0" if unvalidated else ""))
     used = complete or runs
     diverged = sum(1 for r in runs if r.diverged_at is not None)
     if diverged:
@@ -469,8 +496,8 @@ def summary_table(groups: dict[str, list[RunLog]], baseline: str | None = None, 
              f"loss is below the baseline's (baseline: {shown[base_label]}); n/a when either group has "
              "fewer than 2 runs.")
     text += f"\n{form.name[0].upper() + form.name[1:]} ({form.log_key}): {form.what}."
-    older = [r for rs in groups.values() for r in rs if log10_bound(r.final, bound) is None
-             and log10_bound(r.final, "appendix_c") is not None]
+    older = [r for rs in groups.values() for r in rs if log10_bound(reported_point(r), bound) is None
+             and log10_bound(reported_point(r), "appendix_c") is not None]
     if older:
         text += (f"\n{len(older)} run(s) log no {form.name} (older code): --bound=appendix_c shows the "
                  f"{BOUNDS['appendix_c'].name} they log.")
@@ -581,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="substring of the baseline group's label (default: the first group)")
     parser.add_argument("--group-by", default=None,
                         help="comma-separated config keys and pseudo-keys file, dir, source, and last "
-                             "re:REGEX (on the file name) to group by (default: all config keys but "
-                             "seed/run_id/paths; logs without config by folder)")
+                             "re:REGEX (on the file name) to group by (default: the config keys that say what "
+                             "a run computes, i.e. all but seed, run_id, paths and run-control fields; logs "
+                             "without config by folder)")
     parser.add_argument("--plots", default="plots", help="directory for the PNG plots (default: plots)")
     parser.add_argument("--no-plots", action="store_true", help="do not write plots")
     parser.add_argument("--bound", choices=tuple(BOUNDS), default=DEFAULT_BOUND,
@@ -602,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(args.paths)
     if not runs:
         print("compare.py: no log could be parsed", file=sys.stderr)
+        return 2
+    runs, untrained = split_untrained(runs)
+    if untrained:
+        print(f"compare.py: skipping {len(untrained)} log(s) with no training step (nothing logged after step 0): "
+              + ", ".join(r.path for r in untrained), file=sys.stderr)
+    if not runs:
+        print("compare.py: no log has a training step; nothing to compare", file=sys.stderr)
         return 2
     groups = group_runs(runs, keys)
     try:
@@ -626,7 +661,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_cli(argv: list[str] | None = None) -> int:
+    """main(argv) for the command line, where a reader that closes the pipe early (``| head``) ends it
+    quietly: exit status 0, no traceback."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # here, not at exit: the table's end may still be buffered when the reader is gone
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit; on devnull that flush cannot fail and print a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
     # run the module tools.plots imports, not this __main__ copy of it: one set of classes and functions
     from tools import compare
-    sys.exit(compare.main())
+    sys.exit(compare.run_cli())

@@ -45,9 +45,17 @@ the same outline without the ``config:`` line and the extra metrics):
    followed by a validation line is ambiguous and dropped (noted). Other ``>>>`` blocks are ignored.
 5. Optional end markers: ``peak memory allocated: ...`` (or modded-nanogpt's older
    ``peak memory consumption: ...``), and ``run finished`` or ``done``.
+6. Stops and resumes (train_gpt.py): ``stopped by SIGTERM at step N/M; checkpoint ...`` or
+   ``stopped at step N/M (--max_steps_this_run=K); checkpoint ...`` where a run stopped before its
+   end (a signal may stop it between two logged steps, so N counts as a step it reached), and
+   ``resumed run ID from step N/M (CHECKPOINT)`` where a resumed run appended its next part to the
+   log: its config line, then run lines, no preamble. A resumed log reads as one run up to its last
+   step, noted "resumed at step N".
 
-A run is complete when it has a validation at its final step M; otherwise it is reported as
-truncated, with its last validation (and the validations missing, when the config has val_every).
+A run is complete when it has a validation at its final step M; otherwise it is noted as truncated
+at its last step (the largest N of its step and stop lines), with its last validation ("no
+validation after step 0" when it has only the untrained model's) and the validations missing, when
+the config has val_every.
 A run whose train or val loss is logged as non-finite is marked diverged. A file with no step lines
 after the last separator, or that is empty, binary, not UTF-8 or unreadable, is not a log
 (LogFormatError naming the file and the defect).
@@ -85,6 +93,9 @@ BARE_WORD = re.compile(_KEY)
 CONFIG_LINE = re.compile(r"config:[ \t]*(\{.*)")
 PEAK_MEMORY_LINE = re.compile(r"peak memory (?:allocated|consumption):?[ \t]*(.*)")
 FINISHED_LINE = re.compile(r"(?:run finished|done)\b.*", re.IGNORECASE)
+# train_gpt.py's lines where a run stops before its end (by a signal or --max_steps_this_run) and resumes
+STOPPED_LINE = re.compile(r"stopped (?:by [A-Z0-9]+ )?at step (\d+)/(\d+)\b.*")
+RESUMED_LINE = re.compile(r"resumed run \S+ from step (\d+)/(\d+)\b.*")
 BLOCK_HEAD = re.compile(r">>>[ \t]*(.+?):?[ \t]*")
 BLOCK_ENTRY = re.compile(rf"([A-Za-z][\w #.\-]*?)[ \t]*:[ \t]*({_NUMBER})", re.IGNORECASE)
 # Block titles (lower case) read as metrics; the metric is the max over every label but logits.
@@ -123,6 +134,8 @@ class RunLog:
     num_iterations: M of the last ``step:N/M`` line.
     source_hash: sha256 (hex, 12 digits) of the source code in the preamble, None without one.
     step_lines: the text of every step line read, in file order.
+    stopped_at: N of the last ``stopped ... at step N/M`` line (None without one).
+    resumed_from: N of each ``resumed run ... from step N/M`` line, in file order.
     """
     path: str
     config: dict | None
@@ -131,6 +144,8 @@ class RunLog:
     train: list[dict[str, float]] = field(default_factory=list)
     peak_memory: str | None = None
     finished_marker: bool = False
+    stopped_at: int | None = None
+    resumed_from: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     source_hash: str | None = None
     step_lines: list[str] = field(default_factory=list)
@@ -147,7 +162,10 @@ class RunLog:
 
     @property
     def last_step(self) -> int:
-        return max([int(t["step"]) for t in self.train] + list(self.points), default=0)
+        """The last step the run reached: of its step lines, or where it said it stopped (a signal may
+        stop it between two logged steps)."""
+        stops = [] if self.stopped_at is None else [self.stopped_at]
+        return max([int(t["step"]) for t in self.train] + list(self.points) + stops, default=0)
 
     @property
     def complete(self) -> bool:
@@ -327,6 +345,7 @@ def parse_log(path: str, require_separator: bool = False) -> RunLog:
                  source_hash=source_hash(lines[:sep]) if sep >= 0 else None)
     totals: list[int] = []
     bad_lines: list[str] = []
+    configs = 0
     blocks = _Blocks()
     for number, raw in enumerate(lines[sep + 1:], start=sep + 2):
         line = raw.strip()
@@ -349,14 +368,17 @@ def parse_log(path: str, require_separator: bool = False) -> RunLog:
             else:
                 run.points.setdefault(step, {}).update(metrics)
         elif m := CONFIG_LINE.fullmatch(line):
-            if run.config is not None:
-                run.notes.append("several config lines, the first is used")
-            else:
+            configs += 1
+            if run.config is None:
                 run.config = _config(m.group(1), path, number)
         elif m := PEAK_MEMORY_LINE.fullmatch(line):
             run.peak_memory = m.group(1)
         elif FINISHED_LINE.fullmatch(line):
             run.finished_marker = True
+        elif m := STOPPED_LINE.fullmatch(line):
+            run.stopped_at = int(m.group(1))
+        elif m := RESUMED_LINE.fullmatch(line):
+            run.resumed_from.append(int(m.group(1)))
     blocks.finish()
     if not totals:
         where = f"after the last {len(SEPARATOR)}-'=' separator (line {sep + 1})" if sep >= 0 else "in the file"
@@ -371,6 +393,10 @@ def parse_log(path: str, require_separator: bool = False) -> RunLog:
         run.notes.append(f"{blocks.dropped} multi-line block(s) not followed by a validation line ignored")
     if len(set(totals)) > 1:
         run.notes.append(f"inconsistent total steps {sorted(set(totals))}, using the last")
+    if configs > 1 + len(run.resumed_from):  # each resume appends its config: those are expected
+        run.notes.append("several config lines, the first is used")
+    if run.resumed_from:
+        run.notes.append(f"resumed at step {', '.join(map(str, run.resumed_from))}")
     if run.diverged_at is not None:
         run.notes.insert(0, f"diverged: non-finite loss at step {run.diverged_at}")
     if not run.complete:
@@ -382,10 +408,14 @@ def _truncation_note(run: RunLog) -> str:
     m = run.num_iterations
     if not run.val_steps:
         return f"truncated at step {run.last_step}/{m}: no validation logged"
-    note = f"truncated at step {run.last_step}/{m}: last validation at step {run.final['step']}"
-    val_every = (run.config or {}).get("val_every") or (run.config or {}).get("val_loss_every")
+    last = run.final["step"]
+    note = f"truncated at step {run.last_step}/{m}: " + (f"last validation at step {last}" if last > 0
+                                                          else "no validation after step 0")
+    config = run.config or {}
+    val_every = config.get("val_every") or config.get("val_loss_every")
     if isinstance(val_every, int) and val_every > 0:
-        expected = set(range(0, m, val_every)) | {m}
+        first = 0 if config.get("val_at_start", 1) else val_every  # val_at_start=0: none at step 0
+        expected = set(range(first, m, val_every)) | {m}
         missing = sorted(expected - set(run.val_steps))
         if missing:
             note += f", {len(missing)} validations missing ({_step_list(missing)})"
