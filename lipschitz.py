@@ -620,14 +620,16 @@ SEARCH_KINDS = (("local", 1e-5), ("large", None), ("medium", 0.1), ("local", 1e-
 
 
 def worst_pair(model: nn.Module, *, seq_len: int = 16, batch: int = 4, restarts: int = 5, steps: int = 200,
-               lr: float = 0.05, radius: float | None = None, seed: int = 0) -> SearchResult:
+               lr: float = 0.05, radius: float | None = None, seed: int = 0, progress=None) -> SearchResult:
     """Gradient-ascent search for the largest ratio ||f(x1)-f(x2)|| / ||x1-x2|| with both inputs in the
     ball ||x||_inf-RMS <= radius (default hp.emb_w_max), the set the certified bound is about.
 
     Each restart optimizes `batch` independent sequences (each sequence is its own pair; the ratio is
     per sequence) with Adam on log ratio, cycling through SEARCH_KINDS: tiny perturbations (the local
     Jacobian norm), medium ones, and two independent points. Inputs start on the sphere's surface
-    (largest activations) or inside it; the ball constraint is kept by projection. float64 throughout."""
+    (largest activations) or inside it; the ball constraint is kept by projection. float64 throughout.
+    progress: None, or called after every step as progress(restart, step, best ratio so far), restart and
+    step counted from 1 (a long search can report how far it is)."""
     if steps < 1 or restarts < 1 or batch < 1 or seq_len < 1:
         raise ValueError(f"seq_len, batch, restarts and steps must be >= 1, got {seq_len}, {batch}, {restarts}, "
                          f"{steps}")
@@ -653,7 +655,7 @@ def worst_pair(model: nn.Module, *, seq_len: int = 16, batch: int = 4, restarts:
         # cosine decay to 0: big moves first to find a good basin, then converge inside it
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
         run_best = 0.0
-        for _ in range(steps):
+        for step in range(steps):
             if eps is None:
                 x1, x2 = project_to_ball(z1, R), project_to_ball(z2, R)
             else:  # x2 = x1 + a perturbation with every token's RMS exactly eps R; both stay in the ball.
@@ -672,6 +674,8 @@ def worst_pair(model: nn.Module, *, seq_len: int = 16, batch: int = 4, restarts:
             (-ratios.clamp_min(1e-300).log().sum()).backward()
             opt.step()
             sched.step()
+            if progress is not None:
+                progress(restart + 1, step + 1, best.ratio)
         best.per_restart.append((kind, run_best))
     return best
 

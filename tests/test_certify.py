@@ -1,5 +1,8 @@
-"""tools/certify.py: the report (old and new bounds side by side), one-line errors for bad flags and files."""
+"""tools/certify.py: the report (old and new bounds side by side), the search's progress, one-line errors for bad
+flags and files."""
+import io
 import math
+import re
 
 import pytest
 import torch
@@ -97,3 +100,47 @@ def test_speedrun_arch_has_no_bound(tmp_path, capsys):
 def test_fmt_whole_numbers():
     assert certify.fmt(2.0) == "100" and certify.fmt(8.7) == "1e+8.70" and certify.fmt(-math.inf) == "0"
     assert certify.fmt(math.inf) == "inf"
+
+
+def test_search_progress_on_stderr(tmp_path, capsys):
+    """Every step's line with --progress_every=0: restart i of n, the step, the best ratio so far (never
+    falling, ending at the worst ratio reported) and the time left; stdout keeps only the report."""
+    path = save(tmp_path, small_model())
+    assert certify.main([path, "--restarts", "2", "--steps", "3", "--seq_len", "4", "--batch", "1",
+                         "--progress_every", "0"]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert lines[0] == "attack: searching for the worst ratio, 2 restarts x 3 steps of 1 pairs of 4 tokens; progress every step"
+    found = [re.fullmatch(r"attack: restart (\d) of 2, step (\d) of 3, best ratio so far (\S+), about \d+m\d\ds left", x)
+             for x in lines[1:]]
+    assert all(found) and [(int(m[1]), int(m[2])) for m in found] == [(r, s) for r in (1, 2) for s in (1, 2, 3)]
+    best = [float(m[3]) for m in found]
+    assert best == sorted(best) and best[0] > 0
+    assert f"empirical worst ratio {best[-1]:.6g} " in out and "attack:" not in out
+
+
+def test_progress_lines_at_most_every_few_seconds():
+    """A line once `every_s` seconds have passed since the last (or the start), with the time left at the
+    pace so far; a clock stands in for time."""
+    times = iter([100.0, 101.0, 104.0, 106.0, 107.0, 111.5, 300.0])
+    out = io.StringIO()
+    progress = certify.AttackProgress(restarts=2, steps=10, every_s=5, out=out, clock=lambda: next(times))
+    for restart, step in [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 10)]:
+        progress(restart, step, 1.5 * step)
+    assert out.getvalue().splitlines() == [
+        "attack: restart 1 of 2, step 3 of 10, best ratio so far 4.5, about 0m34s left",  # 6 s for 3 of 20 steps
+        "attack: restart 1 of 2, step 5 of 10, best ratio so far 7.5, about 0m34s left",  # 11.5 s for 5
+        "attack: restart 2 of 2, step 10 of 10, best ratio so far 15, about 0m00s left"]
+
+
+def test_help_shows_every_default_and_the_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        certify.parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    entries = re.split(r"\n  (?=-)", out.split("options:")[1].split("\n\nTime:")[0])  # one per option
+    for flag, default in [("--restarts", 5), ("--steps", 200), ("--seq_len", 16), ("--batch", 4), ("--seed", 0),
+                          ("--progress_every", certify.PROGRESS_EVERY_S)]:
+        entry = next(e for e in entries if e.startswith(flag + " "))
+        assert f"(default: {default})" in " ".join(entry.split()), entry
+    assert "about 9 minutes with the defaults" in out

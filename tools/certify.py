@@ -1,12 +1,18 @@
 """Certify a checkpoint: the certified Lipschitz bound, layer by layer, and the worst ratio a search finds.
 
     python tools/certify.py checkpoints/RUN.pt [--restarts 5] [--steps 200] [--seq_len 16] [--batch 4]
+                                               [--seed 0] [--progress_every 5]
 
 Prints, per layer: weight norms (RMS->RMS; q/k/v also the largest per-head norm), the activation
 bound r before and after the block, each sublayer's Lipschitz bound and the cumulative bound in the
 certified variants ("paper" = Theorem C.1 per head, "tight" = per-term form, "sharp" = per-term with the
 query shared across heads and the residual mixing used); then the totals side by side with the ratios,
 and the largest ||f(x1)-f(x2)|| / ||x1-x2|| found by lipschitz.worst_pair, with tightness = found / bound.
+
+Time: the bounds take seconds. The search (the attack) takes restarts x steps gradient steps, each on
+batch x seq_len tokens in float64: about 0.5 s a step for the Shakespeare preset's model on a 2-core
+CPU, so about 9 minutes with the defaults (5 x 200 steps; 8.6 minutes measured). Meanwhile stderr shows its progress (restart
+i of n, step, the best ratio so far and the time left) every --progress_every seconds.
 """
 from __future__ import annotations
 
@@ -22,7 +28,10 @@ if ROOT not in sys.path:
 
 import lipschitz  # noqa: E402
 import train_gpt as tg  # noqa: E402
+from run_control import format_duration  # noqa: E402
 from tools.cli import Parser, UsageError, int_at_least, one_line  # noqa: E402,F401
+
+PROGRESS_EVERY_S = 5  # seconds between progress lines of the search: a sign of life, not a flood
 
 
 def load_model(path: str) -> tuple[tg.GPT, dict]:
@@ -78,14 +87,45 @@ def comparison_lines(rep: dict) -> list[str]:
     return lines
 
 
+class AttackProgress:
+    """lipschitz.worst_pair's progress callback: a line on `out` (default stderr) at most every `every_s`
+    seconds (0: after every step), saying restart i of n, the step, the best ratio so far and the time left
+    at the pace so far. `clock`: seconds, monotonic."""
+
+    def __init__(self, restarts: int, steps: int, every_s: float, out=None, clock=time.monotonic):
+        self.restarts, self.steps, self.every_s = restarts, steps, every_s
+        self.out = sys.stderr if out is None else out
+        self.clock = clock
+        self.start = self.last = clock()
+
+    def __call__(self, restart: int, step: int, best: float) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        done = (restart - 1) * self.steps + step
+        left = (now - self.start) / done * (self.restarts * self.steps - done)
+        print(f"attack: restart {restart} of {self.restarts}, step {step} of {self.steps}, best ratio so far "
+              f"{best:.6g}, about {format_duration(left)} left", file=self.out, flush=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = Parser(description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint")
-    ap.add_argument("--restarts", type=int_at_least("--restarts", 1), default=5, help="search restarts (each a batch)")
-    ap.add_argument("--steps", type=int_at_least("--steps", 1), default=200, help="gradient-ascent steps per restart")
-    ap.add_argument("--seq_len", type=int_at_least("--seq_len", 1), default=16, help="tokens per searched sequence")
-    ap.add_argument("--batch", type=int_at_least("--batch", 1), default=4, help="pairs optimized together per restart")
-    ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0)
+    ap = Parser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n")[-1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="a checkpoint train_gpt.py saved (checkpoints/RUN.pt)")
+    ap.add_argument("--restarts", type=int_at_least("--restarts", 1), default=5,
+                    help="search restarts, each a batch of pairs (default: %(default)s)")
+    ap.add_argument("--steps", type=int_at_least("--steps", 1), default=200,
+                    help="gradient-ascent steps per restart (default: %(default)s)")
+    ap.add_argument("--seq_len", type=int_at_least("--seq_len", 1), default=16,
+                    help="tokens per searched sequence (default: %(default)s)")
+    ap.add_argument("--batch", type=int_at_least("--batch", 1), default=4,
+                    help="pairs optimized together per restart (default: %(default)s)")
+    ap.add_argument("--seed", type=int_at_least("--seed", 0), default=0,
+                    help="seed of the search's random starts (default: %(default)s)")
+    ap.add_argument("--progress_every", type=int_at_least("--progress_every", 0), default=PROGRESS_EVERY_S,
+                    help="seconds between the search's progress lines on stderr; 0: every step "
+                         "(default: %(default)s)")
     return ap.parse(argv)
 
 
@@ -110,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     print(report_table(rep))
     print(f"lm_head norm {rep['lm_head_norm']:.4g}, final logit scale {rep['final_logit_scale']:.4g}")
     print("\n".join(comparison_lines(rep)))
+    print(f"attack: searching for the worst ratio, {args.restarts} restarts x {args.steps} steps of {args.batch} "
+          f"pairs of {args.seq_len} tokens; progress every "
+          + (f"{args.progress_every} s" if args.progress_every else "step"), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     res = lipschitz.worst_pair(model, seq_len=args.seq_len, batch=args.batch, restarts=args.restarts,
-                               steps=args.steps, seed=args.seed)
+                               steps=args.steps, seed=args.seed,
+                               progress=AttackProgress(args.restarts, args.steps, args.progress_every))
     secs = time.perf_counter() - t0
     print(f"empirical worst ratio {res.ratio:.6g} ({res.kind} restart; {args.restarts} restarts x {args.steps} "
           f"steps, {secs:.1f}s); per restart: " + ", ".join(f"{k} {r:.4g}" for k, r in res.per_restart))
