@@ -385,7 +385,7 @@ def test_default_bound_is_the_certified_sharp_one(tmp_path, capsys):
     assert "Certified bound (lipschitz_bound_sharp_log10): " in out
     assert "1 run(s) log no certified bound (older code): --bound=appendix_c shows the Appendix C bound they log." in out
     import matplotlib.pyplot as plt
-    figs = plots.make_figures(group_runs(runs))
+    figs = plots.make_figures(compare.plot_input(group_runs(runs)))
     try:
         assert figs["bound_vs_step.png"].axes[0].get_ylabel() == "log10 certified bound"
         assert figs["frontier.png"].axes[0].get_xlabel() == "log10 certified bound"

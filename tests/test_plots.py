@@ -6,7 +6,7 @@ import os
 
 from test_runlog import A_LOSSES, VALS, _seed_logs, config, our_log, speedrun_log, write
 from tools import plots
-from tools.compare import MAX_LABEL, group_runs
+from tools.compare import group_runs, plot_input
 from tools.runlog import parse_log
 
 
@@ -14,7 +14,7 @@ def test_plots_with_nothing_to_draw_are_skipped_with_a_note(tmp_path):
     """Speedrun logs have no bound or activations: those plots are not written, one line each says why."""
     run = parse_log(write(tmp_path / "s" / "x.txt", speedrun_log(3.28)))
     err = io.StringIO()
-    written = plots.write_plots(group_runs([run]), str(tmp_path / "plots"), err=err)
+    written = plots.write_plots(plot_input(group_runs([run])), str(tmp_path / "plots"), err=err)
     assert [os.path.basename(p) for p in written] == ["val_loss_vs_step.png", "val_loss_vs_time.png"]
     assert all(os.path.getsize(p) > 1000 for p in written)
     assert sorted(os.listdir(tmp_path / "plots")) == sorted(os.path.basename(p) for p in written)  # no temp files
@@ -31,7 +31,7 @@ def test_truncated_group_marked_in_legends(tmp_path):
     paths.append(write(tmp_path / "t" / "t.txt", our_log(config(0, 1.0, "spectral_normalize"), VALS, stop_after=3)))
     groups = group_runs([parse_log(p) for p in paths])
     label = "constraint=spectral_normalize"
-    figs = plots.make_figures(groups)
+    figs = plots.make_figures(plot_input(groups))
     try:
         texts = [t.get_text() for t in figs["val_loss_vs_step.png"].legends[0].get_texts()]
         assert texts[1] == f"{label}\n(stopped at 2/4) (n=1)" and "stopped" not in texts[0]
@@ -73,7 +73,7 @@ def test_plots_at_15_groups_are_readable(tmp_path):
     per group, short labels without absolute paths, a zoomed panel that hides no close group."""
     groups = _fifteen_groups(tmp_path)
     assert len(groups) == 17
-    figs = plots.make_figures(groups)
+    figs = plots.make_figures(plot_input(groups))
     try:
         for name, fig in figs.items():
             assert fig is not None, name
@@ -88,7 +88,7 @@ def test_plots_at_15_groups_are_readable(tmp_path):
             texts = [t.get_text() for t in legend.get_texts()]
             n = 17 if name.startswith("val_loss") else 15  # speedrun logs have no bound or activations
             assert len(texts) == n and len(set(texts)) == n
-            assert all(len(line) <= MAX_LABEL for t in texts for line in t.split("\n")), texts
+            assert all(len(line) <= plots.MAX_LABEL for t in texts for line in t.split("\n")), texts
             assert all(str(tmp_path) not in t for t in texts)
             if name != "frontier.png":
                 looks = [(h.get_color(), h.get_linestyle()) for h in legend.legend_handles]

@@ -44,9 +44,10 @@ mixes step counts or source code, or repeats a seed, gets a warning on stderr an
 tokens = final step * tokens_per_step from the config.
 
 Importable API: ``group_runs(runs, keys=None) -> Groups`` ({label: [RunLog]}),
-``group_warnings(groups) -> {label: [str]}``, ``summary_table(groups, baseline=None) -> str``,
-``runs_table(groups) -> str``, ``mean_std(values)``, ``welch_p_less(a, b)``, ``main(argv) -> exit code``;
-the runs come from ``tools.runlog.load_runs``, the plots from ``tools.plots.write_plots``.
+``group_warnings(groups) -> {label: [str]}``, ``summary_table(groups, baseline=None, bound=...) -> str``,
+``runs_table(groups, bound=...) -> str``, ``run_summary(run, bound=...)``, ``mean_std(values)``,
+``welch_p_less(a, b)``, ``plot_input(groups, bound=...) -> tools.plots.PlotInput``, ``main(argv) -> exit
+code``; the runs come from ``tools.runlog.load_runs``, the plots from ``tools.plots.write_plots``.
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ if ROOT not in sys.path:  # run as a script: tools/ is on the path, the project 
     sys.path.insert(0, ROOT)
 
 from run_control import RESUME_MAY_CHANGE  # noqa: E402
+from tools import plots  # noqa: E402
+from tools.plots import LABEL_LINES, MAX_LABEL, PlotGroup, PlotInput, shorten  # noqa: E402
 from tools.runlog import RunLog, load_runs  # noqa: E402
 
 # Config keys never grouped by: the seed and run id differ between the seeds of one configuration, and the
@@ -535,22 +538,13 @@ def _fmt_value(v) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Short labels (tables and plot legends)
-
-MAX_LABEL = 40  # characters per line of a legend label
-LABEL_LINES = 3  # lines of a legend label before its "(stopped at ...)" mark and run count
-
+# Short labels (tables and plot legends), and what the plots draw
 
 def _common_dir(paths: list[str]) -> str:
     try:
         return os.path.commonpath([os.path.abspath(p) for p in paths])
     except ValueError:  # different drives
         return ""
-
-
-def shorten(text: str, width: int = 2 * MAX_LABEL) -> str:
-    """At most `width` characters, an ellipsis marking a cut."""
-    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def short_labels(groups: Groups | dict, width: int | None = 2 * MAX_LABEL) -> tuple[dict[str, str], str | None]:
@@ -596,11 +590,23 @@ def short_labels(groups: Groups | dict, width: int | None = 2 * MAX_LABEL) -> tu
     return out, reference
 
 
+def plot_input(groups: dict[str, list[RunLog]], bound: str = DEFAULT_BOUND) -> PlotInput:
+    """What tools/plots.py draws of `groups`: per group its runs, legend label (short_labels), truncation
+    mark and the mean ± std over seeds of the final val loss and `bound` (a key of BOUNDS), over the runs
+    its statistics use (stats_runs), as in the summary table."""
+    labels, reference = short_labels(groups)
+    out = []
+    for label, runs in groups.items():
+        s = [run_summary(r, bound) for r in stats_runs(runs)[0]]
+        out.append(PlotGroup(runs, labels[label], truncation_mark(runs), mean_std([x["val_loss"] for x in s])[:2],
+                             mean_std([x["log10_bound"] for x in s])[:2]))
+    return PlotInput(out, BOUNDS[bound].log_key, BOUNDS[bound].name, reference)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 
 def main(argv: list[str] | None = None) -> int:
-    from tools import plots  # plots draws this module's groups and statistics: imported here, not on top
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="LOG_OR_DIR")
@@ -652,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     print(runs_table(groups, args.bound))
     if not args.no_plots:
         try:
-            for p in plots.write_plots(groups, args.plots, bound=args.bound):
+            for p in plots.write_plots(plot_input(groups, args.bound), args.plots):
                 print(f"wrote {p}", file=sys.stderr)
         except OSError as e:
             print(f"compare.py: --plots {args.plots}: cannot write ({e.strerror or e}); give a "
@@ -675,6 +681,4 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # run the module tools.plots imports, not this __main__ copy of it: one set of classes and functions
-    from tools import compare
-    sys.exit(compare.run_cli())
+    sys.exit(run_cli())

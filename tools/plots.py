@@ -1,13 +1,16 @@
-"""Plots of grouped runs (tools/compare.py's groups): PNG files drawn with matplotlib's Agg backend.
+"""Plots of grouped runs: PNG files drawn with matplotlib's Agg backend.
 
-    from tools.plots import write_plots, make_figures, PLOT_FILES
+    from tools.plots import write_plots, make_figures, PLOT_FILES, PlotInput, PlotGroup
 
 val_loss_vs_step and val_loss_vs_time (one line per run, one colour and line style per group, each
 with a zoomed panel of the last 30% of training), bound_vs_step, max_act_vs_step and frontier (final
-val loss against log10 bound, one point per group, error bars = sample std over seeds). The bound is
-the form compare.BOUNDS names (by default the certified bound, the one a run's end-of-run summary prints).
-Legends sit outside the axes; a plot with nothing to draw is not written. matplotlib is imported only
-when figures are made.
+val loss against log10 bound, one point per group, error bars = sample std over seeds). Legends sit
+outside the axes; a plot with nothing to draw is not written. matplotlib is imported only when
+figures are made.
+
+What to draw arrives as a PlotInput: the groups with their runs, legend labels, truncation marks and
+final statistics, and which bound. tools/compare.py makes it (compare.plot_input) from its groups and
+statistics; this module imports nothing of compare.py, whose command line writes the plots.
 """
 from __future__ import annotations
 
@@ -16,14 +19,36 @@ import os
 import statistics
 import sys
 import textwrap
+from dataclasses import dataclass
 
 from data.files import atomic_write
-from tools.compare import (BOUNDS, DEFAULT_BOUND, LABEL_LINES, MAX_LABEL, mean_std, run_summary, short_labels,
-                           shorten, stats_runs, truncation_mark)
 from tools.runlog import RunLog
 
-# ----------------------------------------------------------------------------------------------
-# Plots
+MAX_LABEL = 40  # characters per line of a legend label
+LABEL_LINES = 3  # lines of a legend label before its "(stopped at ...)" mark and run count
+
+
+@dataclass
+class PlotGroup:
+    """One group as the plots draw it. loss and bound: (mean, sample std or None) over the runs its
+    statistics use of their final val loss and log10 bound (None where not logged)."""
+    runs: list[RunLog]
+    label: str  # its legend label
+    mark: str  # "(stopped at S/M)" when its statistics come from truncated runs, else ""
+    loss: tuple[float | None, float | None]
+    bound: tuple[float | None, float | None]
+
+
+@dataclass
+class PlotInput:
+    """Everything the plots draw: the groups in legend order, and the bound (its log key, read per step
+    for bound_vs_step, and its name for the axes). reference: the setting the labels list changes from
+    (the legend's title), None when the labels are whole."""
+    groups: list[PlotGroup]
+    bound_key: str
+    bound_name: str
+    reference: str | None = None
+
 
 PLOT_FILES = ("val_loss_vs_step.png", "val_loss_vs_time.png", "bound_vs_step.png",
               "max_act_vs_step.png", "frontier.png")
@@ -45,6 +70,11 @@ def group_styles(n: int) -> list[dict]:
     return out
 
 
+def shorten(text: str, width: int = 2 * MAX_LABEL) -> str:
+    """At most `width` characters, an ellipsis marking a cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def wrap_label(text: str, max_lines: int | None = None) -> str:
     """`text` on lines of at most MAX_LABEL characters (broken at spaces where possible), the last
     line ending in an ellipsis when it does not fit in max_lines."""
@@ -54,23 +84,16 @@ def wrap_label(text: str, max_lines: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _legend_entries(groups) -> list[str]:
-    """Legend text per group: short label, truncation mark and run count."""
-    labels, _ = short_labels(groups)
-    out = []
-    for label, runs in groups.items():
-        mark = truncation_mark(runs)
-        head = wrap_label(labels[label], LABEL_LINES)
-        out.append(head + "\n" + wrap_label(f"{mark} (n={len(runs)})".strip()) if mark
-                   else wrap_label(f"{labels[label]} (n={len(runs)})", LABEL_LINES + 1))
-    return out
+def _legend_entries(view: PlotInput) -> list[str]:
+    """Legend text per group: label, truncation mark and run count."""
+    return [wrap_label(g.label, LABEL_LINES) + "\n" + wrap_label(f"{g.mark} (n={len(g.runs)})") if g.mark
+            else wrap_label(f"{g.label} (n={len(g.runs)})", LABEL_LINES + 1) for g in view.groups]
 
 
-def _legend_title(groups) -> str | None:
-    _, reference = short_labels(groups)
-    if reference is None:
+def _legend_title(view: PlotInput) -> str | None:
+    if view.reference is None:
         return None
-    return wrap_label("changes from the most common setting: " + reference)
+    return wrap_label("changes from the most common setting: " + view.reference)
 
 
 def _finite_pairs(xs, ys):
@@ -79,12 +102,12 @@ def _finite_pairs(xs, ys):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def _curves(groups, key: str, xkey: str, logy: bool) -> list[list[tuple[list, list]]]:
+def _curves(view: PlotInput, key: str, xkey: str, logy: bool) -> list[list[tuple[list, list]]]:
     """Per group, per run: (xs, ys) of the finite points of `key` against step or train time (s)."""
     out = []
-    for runs in groups.values():
+    for g in view.groups:
         per_run = []
-        for r in runs:
+        for r in g.runs:
             steps, ys = r.series(key)
             xs = steps if xkey == "step" else [r.points[s].get("train_time", math.nan) / 1000 for s in steps]
             xs, ys = _finite_pairs(xs, ys)
@@ -137,22 +160,21 @@ def _add_legend(fig, handles, texts, title):
                ncols=1 if len(texts) <= 30 else 2, frameon=False)
 
 
-def _curve_figure(plt, groups, key, xkey, xlabel, ylabel, title, logy=False, zoom=False):
+def _curve_figure(plt, view: PlotInput, key, xkey, xlabel, ylabel, title, logy=False, zoom=False):
     """One line per run, one colour+linestyle per group, of `key` against step or train time
     (xkey), with a zoomed panel of the end of training when `zoom`. None when nothing to draw."""
-    curves = _curves(groups, key, xkey, logy)
+    curves = _curves(view, key, xkey, logy)
     if not any(xr for g in curves for xr, _ in g):
         return None
     limits = _zoom_limits(curves, ZOOM_FRACTION) if zoom else None
-    styles = group_styles(len(groups))
-    texts = _legend_entries(groups)
-    fig, axes = _figure(plt, 2 if limits else 1, texts, _legend_title(groups))
+    styles = group_styles(len(view.groups))
+    texts = _legend_entries(view)
+    fig, axes = _figure(plt, 2 if limits else 1, texts, _legend_title(view))
     handles = []
-    for g, (per_run, style) in enumerate(zip(curves, styles)):
-        runs = list(groups.values())[g]
+    for per_run, style, group in zip(curves, styles, view.groups):
         handle = None
         for ax in axes:
-            for (xs, ys), r in zip(per_run, runs):
+            for (xs, ys), r in zip(per_run, group.runs):
                 if not xs:
                     continue
                 (line,) = ax.plot(xs, ys, color=style["color"], ls=style["linestyle"], lw=1.2, alpha=0.85)
@@ -173,28 +195,22 @@ def _curve_figure(plt, groups, key, xkey, xlabel, ylabel, title, logy=False, zoo
         axes[1].set_ylim(y0, y1)
         axes[1].set_title(f"last {ZOOM_FRACTION:.0%} of training"
                           + (f" ({off} group(s) above the range)" if off else ""), fontsize=10)
-    _add_legend(fig, [handles[i] for i in keep], [texts[i] for i in keep], _legend_title(groups))
+    _add_legend(fig, [handles[i] for i in keep], [texts[i] for i in keep], _legend_title(view))
     return fig
 
 
-def _frontier_figure(plt, groups, bound: str):
-    """Final val loss against log10 bound (the `bound` form): one point per group (mean, error bars =
-    sample std over seeds); groups with an infinite bound as horizontal lines. None when no group
-    has both a finite final loss and a finite bound."""
-    name = BOUNDS[bound].name
-    points = []
-    for runs in groups.values():
-        used, _ = stats_runs(runs)
-        s = [run_summary(r, bound) for r in used]
-        loss, loss_std, _ = mean_std([x["val_loss"] for x in s])
-        mean_bound, bound_std, _ = mean_std([x["log10_bound"] for x in s])
-        points.append((loss, loss_std, mean_bound, bound_std))
+def _frontier_figure(plt, view: PlotInput):
+    """Final val loss against log10 bound: one point per group (mean, error bars = sample std over
+    seeds); groups with an infinite bound as horizontal lines. None when no group has both a finite
+    final loss and a finite bound."""
+    name = view.bound_name
+    points = [(*g.loss, *g.bound) for g in view.groups]
     finite = lambda x: x is not None and math.isfinite(x)  # noqa: E731
     if not any(finite(loss) and finite(mean_bound) for loss, _, mean_bound, _ in points):
         return None
-    styles = group_styles(len(groups))
-    texts = _legend_entries(groups)
-    fig, (ax,) = _figure(plt, 1, texts, _legend_title(groups))
+    styles = group_styles(len(view.groups))
+    texts = _legend_entries(view)
+    fig, (ax,) = _figure(plt, 1, texts, _legend_title(view))
     handles, kept = [], []
     for i, ((loss, loss_std, mean_bound, bound_std), style) in enumerate(zip(points, styles)):
         if not finite(loss):
@@ -220,28 +236,27 @@ def _frontier_figure(plt, groups, bound: str):
         title += f"\n({limits[2]} group(s) above the range)"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    _add_legend(fig, handles, kept, _legend_title(groups))
+    _add_legend(fig, handles, kept, _legend_title(view))
     return fig
 
 
-def make_figures(groups: dict[str, list[RunLog]], bound: str = DEFAULT_BOUND) -> dict[str, object]:
-    """{PLOT_FILES name: matplotlib Figure, or None when there is nothing to draw}; the bound plots show
-    the `bound` form (a key of compare.BOUNDS). The caller closes the figures (write_plots does)."""
+def make_figures(view: PlotInput) -> dict[str, object]:
+    """{PLOT_FILES name: matplotlib Figure, or None when there is nothing to draw}. The caller closes
+    the figures (write_plots does)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    form = BOUNDS[bound]
     return {
-        PLOT_FILES[0]: _curve_figure(plt, groups, "val_loss", "step", "step", "val loss",
+        PLOT_FILES[0]: _curve_figure(plt, view, "val_loss", "step", "step", "val loss",
                                      "validation loss", zoom=True),
-        PLOT_FILES[1]: _curve_figure(plt, groups, "val_loss", "time", "train time (s)", "val loss",
+        PLOT_FILES[1]: _curve_figure(plt, view, "val_loss", "time", "train time (s)", "val loss",
                                      "validation loss vs training time", zoom=True),
-        PLOT_FILES[2]: _curve_figure(plt, groups, form.log_key, "step", "step", f"log10 {form.name}",
-                                     form.name),
-        PLOT_FILES[3]: _curve_figure(plt, groups, "act_max_entry", "step", "step",
+        PLOT_FILES[2]: _curve_figure(plt, view, view.bound_key, "step", "step", f"log10 {view.bound_name}",
+                                     view.bound_name),
+        PLOT_FILES[3]: _curve_figure(plt, view, "act_max_entry", "step", "step",
                                      "max |activation| entry", "largest activation entry", logy=True),
-        PLOT_FILES[4]: _frontier_figure(plt, groups, bound),
+        PLOT_FILES[4]: _frontier_figure(plt, view),
     }
 
 
@@ -256,18 +271,18 @@ def _save_png(fig, path: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
-def write_plots(groups: dict[str, list[RunLog]], out_dir: str, err=None, bound: str = DEFAULT_BOUND) -> list[str]:
-    """Write the PLOT_FILES PNGs that have something to show into out_dir (created if needed), the bound
-    plots with the `bound` form; one line on `err` (default stderr) per plot left out. Returns the paths
-    written. Raises OSError when out_dir cannot be written."""
+def write_plots(view: PlotInput, out_dir: str, err=None) -> list[str]:
+    """Write the PLOT_FILES PNGs that have something to show into out_dir (created if needed); one line
+    on `err` (default stderr) per plot left out. Returns the paths written. Raises OSError when out_dir
+    cannot be written."""
     import matplotlib.pyplot as plt
 
     err = sys.stderr if err is None else err
     os.makedirs(out_dir, exist_ok=True)
     written = []
-    for name, fig in make_figures(groups, bound).items():
+    for name, fig in make_figures(view).items():
         if fig is None:
-            print(f"compare.py: no {name}: {_EMPTY_REASONS[name].format(bound=BOUNDS[bound].name)}", file=err)
+            print(f"compare.py: no {name}: {_EMPTY_REASONS[name].format(bound=view.bound_name)}", file=err)
             continue
         try:
             path = os.path.join(out_dir, name)
