@@ -321,6 +321,16 @@ def test_cli_unwritable_plots_dir_one_line(tmp_path, capsys):
                        "give a writable directory or --no-plots")
 
 
+@pytest.mark.parametrize("args, says", [(["--bound=exact"], "argument --bound: invalid choice: 'exact'"),
+                                        (["--nonsense"], "unrecognized arguments: --nonsense"),
+                                        ([], "the following arguments are required: LOG_OR_DIR")])
+def test_cli_bad_arguments_one_line(tmp_path, capsys, args, says):
+    p = write(tmp_path / "a.txt", our_log(config(1), VALS))
+    assert compare.main(([p] if args else []) + args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith("compare.py: ") and says in err, err
+
+
 def test_cli_bad_group_by_regex(tmp_path, capsys):
     p = write(tmp_path / "a.txt", our_log(config(1), VALS))
     assert compare.main([p, "--no-plots", "--group-by", "re:(unclosed"]) == 2

@@ -68,6 +68,7 @@ if ROOT not in sys.path:  # run as a script: tools/ is on the path, the project 
 
 from run_control import RESUME_MAY_CHANGE  # noqa: E402
 from tools import plots  # noqa: E402
+from tools.cli import Parser, UsageError, one_line  # noqa: E402
 from tools.plots import LABEL_LINES, MAX_LABEL, PlotGroup, PlotInput, shorten  # noqa: E402
 from tools.runlog import RunLog, load_runs  # noqa: E402
 
@@ -607,8 +608,7 @@ def plot_input(groups: dict[str, list[RunLog]], bound: str = DEFAULT_BOUND) -> P
 # CLI
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="LOG_OR_DIR")
     parser.add_argument("--baseline", default=None,
                         help="substring of the baseline group's label (default: the first group)")
@@ -622,7 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bound", choices=tuple(BOUNDS), default=DEFAULT_BOUND,
                         help="the bound in the tables and plots (default: %(default)s): "
                              + "; ".join(f"{k}: the {f.name}, {f.log_key}" for k, f in BOUNDS.items()))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse(argv)
+    except UsageError as e:
+        print(f"compare.py: {one_line(e)}; see --help", file=sys.stderr)
+        return 2
 
     try:
         keys = None if args.group_by is None else parse_group_by(args.group_by)
