@@ -1,6 +1,7 @@
 """The Lipschitz speedrun: GPT-2-small on FineWeb (8xH100) or a small Shakespeare model (CPU), with every
 weight matrix spectrally capped after every Muon step, so the network has a certified Lipschitz bound
-throughout training. Read top to bottom: hyperparameters, model, data, optimizers, logging, training loop.
+throughout training. Read top to bottom: hyperparameters, model, data, optimizers, evaluation, step, loop.
+Run management (checkpoints, signals, logging, checks) lives in run_control.py; flag parsing in flags.py.
 
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset=speedrun
     python train_gpt.py --preset=shakespeare --w_max=2 --seed=1
@@ -8,43 +9,42 @@ throughout training. Read top to bottom: hyperparameters, model, data, optimizer
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
-import glob
-import inspect
-import json
+import itertools
 import math
 import os
-import pickle
-import platform
-import re
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-import torch.nn.functional as F
+
+# CUDA: let the allocator grow segments instead of fragmenting (as the speedrun does); read when CUDA starts
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import constraints  # noqa: E402
+import flags  # noqa: E402
+import kernels  # noqa: E402
 import lipschitz  # noqa: E402
-from data.files import atomic_write  # noqa: E402
-from data.shakespeare import GPT2_VOCAB  # noqa: E402
-from data.shards import read_shard  # noqa: E402
+import run_control as rc  # noqa: E402
+from data.shakespeare import decoder, encoder  # noqa: E402
+from data.stream import TokenStream, read_vocab_size, tokenizer_record  # noqa: E402
+from lipschitz import ATTN_OUT_DIVISOR, GELU_DIVISOR  # noqa: E402
+from costs import forward_backward_flops, step_memory_bytes  # noqa: E402
+from lm_head import ChunkedLinearCrossEntropy, chunked_loss_sums, head_logits, loss_chunk_tokens, padded_vocab  # noqa: E402
+from masks import AttentionMask, use_flex_attention  # noqa: E402
 from muon import ORTH_MAX_SINGULAR_VALUE, Muon, default_orth_dtype  # noqa: E402
-from run_control import SEPARATOR  # noqa: E402
+
 
 # -----------------------------------------------------------------------------
 # Hyperparameters. The defaults below are the GPU run (GPT-2 small on FineWeb10B, 8xH100) that `bash run.sh`
@@ -115,40 +115,17 @@ class Hyperparameters:
     warmup_steps: int = -1  # untimed kernel warm-up steps, state restored after; -1 = 10 on CUDA, 1 compiling on a CPU, else 0
     max_steps_this_run: int = 0  # stop (with a checkpoint) after this many steps; 0 = run to the end
     memory_check: int = 1  # 1: refuse, before step 0, a run whose estimated step memory exceeds the free memory
-
-    def __post_init__(self):
-        validate(self)
+    max_step_seconds: float = 3600.0  # refuse, before step 0, a run whose one step is estimated to take longer (0 = off)
+    stop_grace_seconds: float = 60.0  # after a stop signal, end without a checkpoint if a micro-batch runs this long
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "Hyperparameters":
-        if name not in PRESETS:
-            raise ValueError(f"--preset={name}: unknown; choose one of {', '.join(PRESETS)}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(overrides) - fields
-        if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)}; valid: {sorted(fields)}")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        return flags.from_preset(cls, PRESETS, name, **overrides)
 
     @classmethod
     def from_args(cls, argv: list[str]) -> "Hyperparameters":
         """Parse `--field=value` arguments (with `--preset=name` applied first)."""
-        if any(a in ("-h", "--help") for a in argv):
-            print(usage())
-            raise SystemExit(0)
-        kv = {}
-        for arg in argv:
-            if not (arg.startswith("--") and "=" in arg):
-                raise ValueError(f"bad argument {arg!r}: use --field=value, e.g. --w_max=2 (see --help)")
-            key, value = arg[2:].split("=", 1)
-            kv[key.replace("-", "_")] = value
-        preset = kv.pop("preset", "speedrun")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        overrides = {}
-        for key, value in kv.items():
-            if key not in types:
-                raise ValueError(f"unknown hyperparameter --{key}; see --help for the list")
-            overrides[key] = _parse_value(value, types[key], key)
-        return cls.from_preset(preset, **overrides)
+        return flags.parse_args(cls, PRESETS, argv, lambda: flags.usage(cls, __doc__, PRESETS, CHOICES))
 
 
 PRESETS = {
@@ -159,7 +136,7 @@ PRESETS = {
         train_files="data/shakespeare/*train*.bin", val_files="data/shakespeare/*val*.bin", vocab_size=0,
         bos_token=-1, sample="random", val_tokens=65536,
         n_layer=3, n_head=4, head_dim=64, d_model=256, attn_logit_scale=8.0, final_logit_scale=8.0,
-        seq_len=256, batch_size=64, micro_batch_size=64, window_min=0, window_max=0,
+        seq_len=256, batch_size=64, micro_batch_size=64, window_min=0, window_max=0, window_pattern="L", lm_head_fp8=0,
         num_iterations=2000, val_every=100, log_every=10, w_max=1.0, lm_head_w_max=1.0,
     ),
 }
@@ -178,31 +155,31 @@ CHOICES = dict(preset=tuple(PRESETS), sample=("sequential", "random"), arch=("li
 
 
 def validate(hp: Hyperparameters) -> None:
-    """Every check that needs no data or device, so a bad combination fails before step 0, naming the flag."""
-    for key, ok in CHOICES.items():
-        if getattr(hp, key) not in ok:
-            raise ValueError(f"--{key}={getattr(hp, key)}: use one of {', '.join(ok)}")
-    positive = ("n_layer", "n_head", "head_dim", "d_model", "mlp_ratio", "seq_len", "batch_size", "micro_batch_size",
-                "num_iterations", "val_every", "log_every", "val_tokens", "w_max", "lm_head_w_max", "emb_w_max",
-                "attn_logit_scale", "final_logit_scale")
-    non_negative = ("vocab_size", "window_min", "window_max", "muon_lr", "lm_head_lr", "embed_lr", "adamw_lr",
-                    "weight_decay", "muon_momentum_warmup_steps", "checkpoint_every", "checkpoint_minutes",
-                    "max_steps_this_run")
-    for key in positive:
-        if not getattr(hp, key) > 0:
-            raise ValueError(f"--{key}={getattr(hp, key)} must be > 0")
-    for key in non_negative:
-        if not getattr(hp, key) >= 0:
-            raise ValueError(f"--{key}={getattr(hp, key)} must be >= 0")
-    for key, ok, need in [("cooldown_frac", 0 <= hp.cooldown_frac <= 1, "in [0, 1]"),
-                          ("lr_final_frac", 0 <= hp.lr_final_frac <= 1, "in [0, 1]"),
-                          ("zero_init_out", hp.zero_init_out in (0, 1), "0 or 1"),
-                          ("memory_check", hp.memory_check in (0, 1), "0 or 1"),
-                          ("val_at_start", hp.val_at_start in (0, 1), "0 or 1")]:
-        if not ok:
-            raise ValueError(f"--{key}={getattr(hp, key)} must be {need}")
+    """Every check that needs no data or device, so a bad combination fails before step 0, naming the flag.
+    main() calls it once every value is known (vocab_size may come from meta.json)."""
+    flags.check_ranges(
+        hp, CHOICES,
+        positive=("n_layer", "n_head", "head_dim", "d_model", "mlp_ratio", "seq_len", "batch_size",
+                  "micro_batch_size", "num_iterations", "val_every", "log_every", "val_tokens", "w_max",
+                  "lm_head_w_max", "emb_w_max", "attn_logit_scale", "final_logit_scale", "stop_grace_seconds"),
+        non_negative=("vocab_size", "window_min", "window_max", "muon_lr", "lm_head_lr", "embed_lr", "adamw_lr",
+                      "weight_decay", "muon_momentum_warmup_steps", "checkpoint_every", "checkpoint_minutes",
+                      "max_steps_this_run", "max_step_seconds"),
+        switches=("zero_init_out", "memory_check", "val_at_start", "lm_head_fp8"),
+        unit_interval=("cooldown_frac", "lr_final_frac"))
     if hp.window_max and hp.window_min > hp.window_max:
         raise ValueError(f"--window_min={hp.window_min} exceeds --window_max={hp.window_max}")
+    if not hp.window_pattern or set(hp.window_pattern) - {"L", "S"}:
+        raise ValueError(f"--window_pattern={hp.window_pattern!r}: use the letters L (long) and S (short)")
+    skipped = skipped_attention_layers(hp)
+    if any(not 0 <= i < hp.n_layer for i in skipped):
+        raise ValueError(f"--attn_skip_layers={hp.attn_skip_layers}: blocks are numbered 0..{hp.n_layer - 1}")
+    if skipped and hp.arch != "speedrun":
+        raise ValueError(f"--attn_skip_layers={hp.attn_skip_layers}: only with --arch=speedrun (the certificate "
+                         f"of the lipschitz arch assumes attention in every block)")
+    if hp.val_tokens < hp.seq_len:
+        raise ValueError(f"--val_tokens={hp.val_tokens} is less than one sequence of --seq_len={hp.seq_len}: "
+                         f"raise --val_tokens or lower --seq_len")
     if hp.vocab_size >= 2 ** 16:
         raise ValueError(f"--vocab_size={hp.vocab_size}: shards hold uint16 tokens, so it must be < 65536")
     if hp.vocab_size and hp.bos_token >= hp.vocab_size:
@@ -212,45 +189,15 @@ def validate(hp: Hyperparameters) -> None:
                          f"under AdamW; use --constraint=spectral_normalize, hard_cap, svd_cap or none")
 
 
-def usage() -> str:
-    """--help: one line per field (its default, then the comment beside it above, then its choices)."""
-    lines = [__doc__.strip(), "", f"Hyperparameters (--field=value; defaults are the GPU run; presets: "
-             f"{', '.join(PRESETS)}):"]
-    comments = field_comments()
-    for f in dataclasses.fields(Hyperparameters):
-        choices = f"  [{' | '.join(CHOICES[f.name])}]" if f.name in CHOICES else ""
-        lines.append(f"  --{f.name}={f.default!r}  {comments.get(f.name, '')}{choices}")
-    return "\n".join(lines)
-
-
-def field_comments() -> dict[str, str]:
-    """The comment beside each field in the Hyperparameters source (the one description, kept in one place)."""
-    src = inspect.getsource(Hyperparameters)
-    return dict(re.findall(r"^\s+(\w+): \w+ = .*?#\s*(.*)$", src, re.M))
-
-
-def preset_overrides(hp: Hyperparameters) -> dict:
-    """Fields the preset sets (and the command line left alone) that depart from the defaults at the top."""
-    defaults = Hyperparameters.__dataclass_fields__
-    return {k: v for k, v in PRESETS[hp.preset].items() if v != defaults[k].default and getattr(hp, k) == v}
-
-
-def _parse_value(value: str, typ: str, key: str):
+def skipped_attention_layers(hp: Hyperparameters) -> set[int]:
     try:
-        if typ == "int":
-            return int(value)
-        if typ == "float":
-            return float(value)
+        return {int(x) for x in hp.attn_skip_layers.split(",") if x.strip()}
     except ValueError:
-        raise ValueError(f"--{key}={value!r} is not a valid {typ}") from None
-    return value
+        raise ValueError(f"--attn_skip_layers={hp.attn_skip_layers!r}: give block numbers like 7 or 3,7") from None
 
 
 # -----------------------------------------------------------------------------
 # Model. Weights are stored (d_out, d_in); norms are RMS->RMS: ||W||_* = sqrt(d_in/d_out) sigma_max(W).
-
-GELU_DIVISOR = 1.1289  # ~max slope of GELU (1.1289041): gelu/1.1289 is 1.0000037-Lipschitz and |.| <= |x|
-ATTN_OUT_DIVISOR = 3.0  # attention output divided by 3 before W_O (paper's Lipschitz attention)
 
 
 class CastedLinear(nn.Linear):
@@ -265,10 +212,8 @@ class CastedLinear(nn.Linear):
 
 def semi_orthogonal_(w: torch.Tensor) -> torch.Tensor:
     """Init W (d_out, d_in) semi-orthogonal, scaled to RMS->RMS norm exactly 1."""
-    nn.init.orthogonal_(w)
     with torch.no_grad():
-        w.mul_(math.sqrt(w.shape[0] / w.shape[1]))
-    return w
+        return nn.init.orthogonal_(w).mul_(math.sqrt(w.shape[0] / w.shape[1]))
 
 
 class Rotary(nn.Module):
@@ -295,77 +240,9 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
-def attention_mask_mod(docs: torch.Tensor | None, window: torch.Tensor):
-    """mask_mod(b, h, q, kv) -> bool: causal, same document, fewer than `window` tokens back.
-
-    `window` is a 0-d tensor (a Python int in the closure would be a compile-time constant: one recompile
-    per value of the window schedule). Written in broadcasting tensor ops so the same function builds
-    FlexAttention block masks (CUDA) and dense SDPA masks (CPU). The window is token-exact; the speedrun
-    counted it in 128-token blocks, which window_size() reproduces by rounding to multiples of 128."""
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        keep = (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-        if docs is not None:
-            keep = keep & (docs[b, q_idx] == docs[b, kv_idx])
-        return keep
-
-    return mask_mod
-
-
-def dense_mask(mask_mod, B: int, T: int, device) -> torch.Tensor:
-    """(B, 1, T, T) boolean mask from a mask_mod, for SDPA."""
-    b = torch.arange(B, device=device)[:, None, None, None]
-    q = torch.arange(T, device=device)[None, None, :, None]
-    kv = torch.arange(T, device=device)[None, None, None, :]
-    return mask_mod(b, 0, q, kv)
-
-
-def use_flex_attention(device: torch.device) -> bool:
-    """Device difference: FlexAttention block masks on CUDA; SDPA with a dense mask elsewhere."""
-    return device.type == "cuda"
-
-
-@functools.cache
-def flex_ops(compiled: bool):
-    """(create_block_mask, flex_attention), compiled on CUDA: eager create_block_mask materialises the dense
-    (B, 1, T, T) mask and eager flex_attention the full score matrix (tens of GB at T = 48K)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    if not compiled:
-        return create_block_mask, flex_attention
-    # CUDA only (the CPU tests compile flex inside the whole loss graph, forward only); the compiled backward:
-    # tests/test_cuda.py::test_compiled_flex_step_matches_eager_sdpa, run by bench/gpu_check.sh
-    return torch.compile(create_block_mask, dynamic=False), torch.compile(flex_attention, dynamic=False)
-
-
-@functools.lru_cache(maxsize=None)
-def window_tensor(window: int, device: torch.device) -> torch.Tensor:
-    """0-d int64 tensor holding `window` on `device`, made once per value: a fresh torch.tensor on CUDA is a
-    blocking host-to-device copy, which every micro-batch would otherwise pay."""
-    return torch.tensor(window, device=device)
-
-
-class AttentionMask:
-    """One attention pattern for a batch, in the form the attention backend wants."""
-
-    def __init__(self, idx: torch.Tensor, bos_token: int, window: int, flex: bool | None = None):
-        B, T = idx.shape
-        docs = (idx == bos_token).cumsum(dim=1) if bos_token >= 0 else None
-        self.causal_only = docs is None and (window <= 0 or window >= T)
-        self.flex = use_flex_attention(idx.device) if flex is None else flex
-        mask_mod = attention_mask_mod(docs, window_tensor(window if 0 < window < T else T, idx.device))
-        self.ops = flex_ops(idx.is_cuda) if self.flex else None
-        if self.flex:
-            self.block_mask = self.ops[0](mask_mod, B, None, T, T, device=idx.device)
-        elif not self.causal_only:
-            self.dense = dense_mask(mask_mod, B, T, idx.device)
-
-    def attend(self, q, k, v, scale: float):
-        """q, k, v: (B, H, T, D) -> (B, H, T, D)."""
-        if self.flex:
-            return self.ops[1](q, k, v, block_mask=self.block_mask, scale=scale)
-        if self.causal_only:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense, scale=scale)
+def batch_mask(idx: torch.Tensor, hp: Hyperparameters, window: int) -> AttentionMask:
+    """The attention pattern of a batch of token ids (B, T) for every kind of block the model has."""
+    return AttentionMask(idx, hp.bos_token, window, kinds=hp.window_pattern)
 
 
 def rms_norm(x):
@@ -373,9 +250,10 @@ def rms_norm(x):
 
 
 class Attention(nn.Module):
-    def __init__(self, hp: Hyperparameters):
+    def __init__(self, hp: Hyperparameters, layer: int):
         super().__init__()
         self.n_head, self.head_dim, self.arch = hp.n_head, hp.head_dim, hp.arch
+        self.kind = hp.window_pattern[layer % len(hp.window_pattern)]  # "L" or "S": which window it sees
         inner = hp.n_head * hp.head_dim
         self.q, self.k, self.v = CastedLinear(hp.d_model, inner), CastedLinear(hp.d_model, inner), CastedLinear(hp.d_model, inner)
         self.o = CastedLinear(inner, hp.d_model)
@@ -389,7 +267,7 @@ class Attention(nn.Module):
         if self.arch == "speedrun":  # QK norm; CUDA autocast (torch >= 2.12) runs rms_norm in fp32, and
             q, k = rms_norm(q).type_as(v), rms_norm(k).type_as(v)  # flex_attention needs q, k, v of one dtype
         q, k = self.rotary(q), self.rotary(k)
-        y = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale)
+        y = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.kind)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         if self.arch == "lipschitz":
             y = y / ATTN_OUT_DIVISOR
@@ -410,86 +288,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hp: Hyperparameters):
+    def __init__(self, hp: Hyperparameters, layer: int):
         super().__init__()
         self.arch = hp.arch
-        self.attn, self.mlp = Attention(hp), MLP(hp)
+        self.attn, self.mlp = Attention(hp, layer), MLP(hp)
+        self.skip_attn = layer in skipped_attention_layers(hp)  # the speedrun's attention-free block (arch speedrun)
         self.alpha = 1.0 / (2 * hp.n_layer)  # convex residual weight
 
     def forward(self, x, mask: AttentionMask):
         if self.arch == "lipschitz":  # convex residuals (1-a) x + a block(x)
             x = (1 - self.alpha) * x + self.alpha * self.attn(x, mask)
             return (1 - self.alpha) * x + self.alpha * self.mlp(x)
-        x = x + self.attn(rms_norm(x), mask)
+        if not self.skip_attn:
+            x = x + self.attn(rms_norm(x), mask)
         return x + self.mlp(rms_norm(x))
-
-
-def padded_vocab(vocab_size: int) -> int:
-    return 64 * math.ceil(vocab_size / 64)
-
-
-# The lm_head and cross-entropy, a chunk of tokens at a time: at GPT-2's vocabulary a micro-batch's float32
-# logits, softmax and gradient would take 3 x 48K x 50304 x 4 B = 28 GiB; one chunk takes about 3 GiB.
-LOSS_CHUNK_BYTES = 1 << 30  # float32 logits of one chunk (5,336 tokens at GPT-2's padded vocab)
-
-
-def loss_chunk_tokens(padded_vocab_size: int) -> int:
-    """Tokens per chunk of the loss, so that one chunk's float32 logits take about LOSS_CHUNK_BYTES."""
-    return max(1, LOSS_CHUNK_BYTES // (4 * padded_vocab_size))
-
-
-def head_logits(h: torch.Tensor, weight: torch.Tensor, scale: float, softcap: float) -> torch.Tensor:
-    """h (..., d) -> logits (..., padded vocab) in float32 (float64 for a float64 h): scale * h W^T, or, with
-    softcap > 0 (speedrun arch), softcap * tanh(h W^T / softcap). W is cast to h's dtype (bf16 under autocast)."""
-    z = F.linear(h, weight.to(h.dtype))
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
-    return softcap * torch.tanh(z / softcap) if softcap > 0 else scale * z
-
-
-class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of head_logits(h, W)[:, :vocab_size] against targets, h (n, d), targets (n,) in
-    [0, vocab_size). It walks over chunks of `chunk` tokens and forms the gradients for h and W in the forward
-    pass (softmax minus one-hot, through the logit map), so no (n, vocab) tensor outlives its chunk; backward
-    only scales them. Value and gradients are F.cross_entropy's on the full logits, up to float rounding (the
-    matmuls run in h's dtype, as autograd's would)."""
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, vocab_size: int, scale: float, softcap: float, chunk: int):
-        n = h.shape[0]
-        w = weight.to(h.dtype)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight)
-        loss_sum = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
-        for start in range(0, n, chunk):
-            hc, tc = h[start:start + chunk], targets[start:start + chunk, None]
-            logits = head_logits(hc, w, scale, softcap)[:, :vocab_size]
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            loss_sum = loss_sum + (lse - logits.gather(1, tc)).sum()
-            g = torch.exp(logits - lse).scatter_add_(1, tc, torch.full_like(tc, -1, dtype=logits.dtype))
-            g = g * ((1 - (logits / softcap).square()) if softcap > 0 else scale) / n  # d loss / d (h W^T)
-            g = g.to(h.dtype)
-            grad_h[start:start + chunk] = g @ w[:vocab_size]
-            grad_w[:vocab_size] += (g.t() @ hc).to(grad_w.dtype)
-        ctx.save_for_backward(grad_h, grad_w)
-        return loss_sum / n
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None, None, None, None
-
-
-def chunked_loss_sums(h, weight, targets, vocab_size: int, scale: float, softcap: float, chunk: int):
-    """Without gradients: (summed cross-entropy, number of correct argmax predictions) of
-    head_logits(h, W)[:, :vocab_size] against targets, h (n, d), a chunk of tokens at a time."""
-    loss_sum = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
-    correct = torch.zeros((), dtype=torch.long, device=h.device)
-    for start in range(0, h.shape[0], chunk):
-        tc = targets[start:start + chunk]
-        logits = head_logits(h[start:start + chunk], weight, scale, softcap)[:, :vocab_size]
-        loss_sum = loss_sum + F.cross_entropy(logits, tc, reduction="sum")
-        correct = correct + (logits.argmax(-1) == tc).sum()
-    return loss_sum, correct
 
 
 class GPT(nn.Module):
@@ -504,18 +316,15 @@ class GPT(nn.Module):
                              f"shards) before building the model")
         self.hp, self.arch = hp, hp.arch
         self.embed = nn.Embedding(padded_vocab(hp.vocab_size), hp.d_model)
-        self.blocks = nn.ModuleList(Block(hp) for _ in range(hp.n_layer))
+        self.blocks = nn.ModuleList(Block(hp, i) for i in range(hp.n_layer))
         self.lm_head = CastedLinear(hp.d_model, padded_vocab(hp.vocab_size))
         self.final_logit_scale = hp.final_logit_scale
         self.softcap = 30.0  # speedrun arch only
+        zeroed = {"lm_head.weight"} | {f"blocks.{i}.{m}" for i in range(hp.n_layer) for m in ("attn.o.weight",
+                                                                                           "mlp.proj.weight")}
         for name, p in self.named_parameters():
-            if p.ndim == 2 and name != "embed.weight":
-                semi_orthogonal_(p.data)
-        if hp.zero_init_out:
-            for block in self.blocks:  # zero-init out projections and lm_head
-                nn.init.zeros_(block.attn.o.weight)
-                nn.init.zeros_(block.mlp.proj.weight)
-            nn.init.zeros_(self.lm_head.weight)
+            if p.ndim == 2 and name != "embed.weight":  # out projections and lm_head start at zero by default
+                nn.init.zeros_(p) if hp.zero_init_out and name in zeroed else semi_orthogonal_(p.data)
         with torch.no_grad():
             self.embed.weight.copy_(constraints.cap_row_rms(self.embed.weight, hp.emb_w_max))
 
@@ -534,7 +343,8 @@ class GPT(nn.Module):
         """Embedding output x (B, T, d) -> what the lm_head reads (B, T, d): the blocks' output (normed in the
         speedrun arch). `stats` as in logits_from_embeddings."""
         if mask is None:
-            mask = AttentionMask(torch.zeros(x.shape[:2], dtype=torch.long, device=x.device), -1, 0)
+            mask = AttentionMask(torch.zeros(x.shape[:2], dtype=torch.long, device=x.device), -1, 0,
+                                 kinds=self.hp.window_pattern)
         if self.arch == "speedrun":
             x = rms_norm(x)
         for block in self.blocks:
@@ -549,7 +359,7 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, window: int = 0):
         """idx (B, T) -> logits (B, T, V_pad); with targets (B, T): the mean cross-entropy over the
         vocab_size real tokens."""
-        mask = AttentionMask(idx, self.hp.bos_token, window)
+        mask = batch_mask(idx, self.hp, window)
         if targets is None:
             return self.logits_from_embeddings(self.embed(idx), mask)
         return self.loss(idx, targets, mask)
@@ -558,34 +368,36 @@ class GPT(nn.Module):
         """The training loss: mean cross-entropy of (B, T) targets over the vocab_size real tokens, the lm_head
         and loss taken a chunk of tokens at a time (ChunkedLinearCrossEntropy)."""
         h = self.hidden_from_embeddings(self.embed(idx), mask).flatten(0, 1)
-        args = (self.hp.vocab_size, *self.logit_map, loss_chunk_tokens(self.lm_head.weight.shape[0]))
+        w = self.lm_head.weight
         if not torch.is_grad_enabled():
-            return chunked_loss_sums(h, self.lm_head.weight, targets.flatten(), *args)[0] / h.shape[0]
-        return ChunkedLinearCrossEntropy.apply(h, self.lm_head.weight, targets.flatten(), *args)
+            chunk = loss_chunk_tokens(h.shape[0], w.shape[0])
+            return chunked_loss_sums(h, w, targets.flatten(), self.hp.vocab_size, *self.logit_map, chunk)[0] / h.shape[0]
+        fp8 = bool(self.hp.lm_head_fp8) and h.is_cuda and h.shape[0] % 16 == 0 and h.shape[1] % 16 == 0
+        chunk = loss_chunk_tokens(h.shape[0], w.shape[0], align=16 if fp8 else 1)
+        return ChunkedLinearCrossEntropy.apply(h, w, targets.flatten(), self.hp.vocab_size, *self.logit_map, chunk, fp8)
 
     def eval_sums(self, idx, targets, mask: AttentionMask):
         """-> (summed loss, correct predictions, (n_layer, 2) activation maxima), all tensors (no host sync)."""
         stats: list = []
         h = self.hidden_from_embeddings(self.embed(idx), mask, stats).flatten(0, 1)
         loss_sum, correct = chunked_loss_sums(h, self.lm_head.weight, targets.flatten(), self.hp.vocab_size,
-                                              *self.logit_map, loss_chunk_tokens(self.lm_head.weight.shape[0]))
+                                              *self.logit_map, loss_chunk_tokens(*h.shape[:1], self.lm_head.weight.shape[0]))
         return loss_sum, correct, torch.stack(stats)
-
 
 
 @dataclass
 class ModelFns:
     """The model's two entry points the trainer calls, (idx, targets, mask) -> ..., eager or compiled."""
-    loss: callable
-    eval_sums: callable
+    loss: Callable
+    eval_sums: Callable
 
 
-def model_fns(model: GPT, compile: bool) -> ModelFns:
+def model_fns(model: GPT, compiled: bool) -> ModelFns:
     """With compile, each entry point becomes one torch.compile graph from token ids to the loss (embedding,
     blocks, lm_head, logit scale, cross-entropy): no float32 tokens x vocab tensor is built eagerly.
     Attention masks are built outside the graph (by a compiled create_block_mask on CUDA). The compiled
     functions live with the trainer, not the model, so copies of the model (lipschitz.py) stay plain."""
-    if not compile:
+    if not compiled:
         return ModelFns(model.loss, model.eval_sums)
     return ModelFns(torch.compile(model.loss, dynamic=False), torch.compile(model.eval_sums, dynamic=False))
 
@@ -605,38 +417,48 @@ def param_kind(name: str) -> str:
     return "qkv" if leaf in ("q", "k", "v") else leaf
 
 
+def next_token_logits(model: GPT, idx: torch.Tensor, window: int) -> torch.Tensor:
+    """idx (B, T) int64, T <= hp.seq_len -> float32 logits (B, vocab_size) of the token after each row, with
+    SDPA attention (flex=False): a FlexAttention block mask would recompile for every new length T."""
+    mask = AttentionMask(idx, model.hp.bos_token, window, flex=False, kinds=model.hp.window_pattern)
+    return model.logits_from_embeddings(model.embed(idx), mask)[:, -1, :model.hp.vocab_size].float()
+
+
+def keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """logits (B, V) with all but the k largest of each row set to -inf; ties go to the lower token id (a
+    stable sort), as argmax breaks them, so top_k=1 picks the greedy token."""
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
+    return logits.scatter(-1, order[:, k:], float("-inf"))
+
+
+def pick_next_token(logits: torch.Tensor, temperature: float, top_k: int, generator) -> torch.Tensor:
+    """logits (B, V) -> (B, 1) token ids: the argmax for temperature 0, else a draw from softmax(logits /
+    temperature) over the top_k most likely tokens (all for top_k 0 or >= V)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    if 0 < top_k < logits.size(-1):
+        logits = keep_top_k(logits, top_k)
+    # subtract the max before dividing: a tiny temperature sends the others to -inf, never the max to +inf
+    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int,
+             generator: torch.Generator | None, *, window: int | None = None) -> torch.Tensor:
+    """idx (B, T) int64 on the model's device -> (B, T + max_new_tokens): idx followed by tokens drawn one at a
+    time (pick_next_token), each conditioned on the last hp.seq_len tokens. `generator` (on idx's device; None
+    = torch's global one) is the only randomness. `window`: default the finished run's. No KV cache."""
+    hp = model.hp
+    window = window_size(hp, hp.num_iterations) if window is None else window
+    for _ in range(max_new_tokens):
+        logits = next_token_logits(model, idx[:, -hp.seq_len:], window)
+        idx = torch.cat((idx, pick_next_token(logits, temperature, top_k, generator)), dim=1)
+    return idx
+
+
 # -----------------------------------------------------------------------------
-# Data: shards concatenated into one token stream; the batch of step s is a pure function of s.
-
-
-class TokenStream:
-    """The shards matching a glob, as one memory-mapped stream of tokens."""
-
-    def __init__(self, pattern: str, vocab_size: int, what: str):
-        files = sorted(glob.glob(os.path.join(ROOT, pattern) if not os.path.isabs(pattern) else pattern))
-        if not files:
-            raise FileNotFoundError(f"no {what} shards match {pattern!r}. {data_hint(pattern)}")
-        self.shards = [read_shard(f, vocab_size) for f in files]
-        self.starts = np.cumsum([0] + [len(s) for s in self.shards])
-        self.total = int(self.starts[-1])
-
-    def window(self, start: int, n: int) -> np.ndarray:
-        """Tokens [start, start+n) of the stream (wrapping around at the end)."""
-        out, start = [], start % self.total
-        while n > 0:
-            i = int(np.searchsorted(self.starts, start, side="right") - 1)
-            off = start - int(self.starts[i])
-            chunk = self.shards[i][off:off + n]
-            out.append(chunk)
-            n -= len(chunk)
-            start = (start + len(chunk)) % self.total
-        return np.concatenate(out) if len(out) > 1 else out[0]
-
-
-def data_hint(pattern: str) -> str:
-    if "fineweb" in pattern:
-        return "Download them with: python data/cached_fineweb10B.py 8"
-    return "Build them with: python data/shakespeare.py  (or pass --train_files=/--val_files= globs)"
+# Data: shards concatenated into one token stream (data/stream.py); the batch of step s is a pure function of s.
 
 
 def batch_starts(hp: Hyperparameters, step: int, total: int) -> np.ndarray:
@@ -663,51 +485,18 @@ def token_batch(stream: TokenStream, starts, seq_len: int, device) -> tuple[torc
     rows = np.stack([stream.window(int(s), seq_len + 1) for s in starts]).astype(np.int64)
     buf = torch.from_numpy(rows)
     if device.type == "cuda":
-        buf = buf.pin_memory()  # GPU check: every CUDA run of bench/gpu_check.sh
+        buf = buf.pin_memory()
     buf = buf.to(device, non_blocking=True)
     return buf[:, :-1], buf[:, 1:]
 
 
-def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, rank: int, world: int, device):
+def micro_batches(stream: TokenStream, hp: Hyperparameters, step: int, ctx: "Context"):
     """Yield (inputs, targets) of shape (micro batch, seq_len) for this rank's share of a step."""
     starts = batch_starts(hp, step, stream.total)
-    per_rank, micro = hp.batch_size // world, micro_batch_size(hp, world)
-    mine = starts[rank * per_rank:(rank + 1) * per_rank]
-    for i in range(0, per_rank, micro):
-        yield token_batch(stream, mine[i:i + micro], hp.seq_len, device)
-
-
-def shards_meta(hp: Hyperparameters) -> dict:
-    """meta.json beside the training shards ({} when there is none, as for FineWeb)."""
-    files = sorted(glob.glob(os.path.join(ROOT, hp.train_files)))
-    if not files:
-        raise FileNotFoundError(f"no training shards match {hp.train_files!r}. {data_hint(hp.train_files)}")
-    meta = os.path.join(os.path.dirname(files[0]), "meta.json")
-    if not os.path.exists(meta):
-        return {}
-    with open(meta) as f:
-        return json.load(f)
-
-
-def read_vocab_size(hp: Hyperparameters) -> int:
-    """vocab_size from meta.json beside the training shards, when not given."""
-    if hp.vocab_size > 0:
-        return hp.vocab_size
-    meta = shards_meta(hp)
-    if "vocab_size" not in meta:
-        raise FileNotFoundError(f"no meta.json with a vocab_size beside {hp.train_files!r}: pass --vocab_size= "
-                                f"or rebuild the shards")
-    return int(meta["vocab_size"])
-
-
-def tokenizer_record(hp: Hyperparameters) -> dict:
-    """How the run's tokens decode, kept in every checkpoint so tools/sample.py needs no data folder:
-    {"tokenizer": "byte" | "char" | "gpt2", "vocab_size": V, "chars": [...] (char only)}, or {} if unknown.
-    Shards without meta.json and a vocab of 50257 are GPT-2 (FineWeb)."""
-    meta = shards_meta(hp)
-    if meta.get("tokenizer"):
-        return {k: meta[k] for k in ("tokenizer", "vocab_size", "chars") if k in meta}
-    return {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB} if hp.vocab_size == GPT2_VOCAB else {}
+    per_rank = hp.batch_size // ctx.world
+    mine = starts[ctx.rank * per_rank:(ctx.rank + 1) * per_rank]
+    for i in range(0, per_rank, ctx.micro):
+        yield token_batch(stream, mine[i:i + ctx.micro], hp.seq_len, ctx.device)
 
 
 def window_size(hp: Hyperparameters, step: int) -> int:
@@ -791,21 +580,7 @@ def constrain_non_muon(model: GPT, hp: Hyperparameters, optimizers: list[torch.o
 
 
 # -----------------------------------------------------------------------------
-# Distributed helpers (torchrun sets RANK/WORLD_SIZE; NCCL on CUDA, gloo on CPU)
-
-
-def setup_distributed():
-    """-> (rank, world_size, device). A plain `python train_gpt.py` is world size 1, no process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        # NCCL needs several GPUs: no GPU check covers it yet (one GPU is lent); gloo runs in tests/test_train_gpt.py
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
-    return rank, world, device
+# Distributed: gradients averaged over ranks (torchrun sets RANK/WORLD_SIZE; NCCL on CUDA, gloo on CPU)
 
 
 def all_reduce_grads(model: nn.Module, world: int):
@@ -821,22 +596,6 @@ def all_reduce_grads(model: nn.Module, world: int):
         torch._foreach_div_(grads, world)
 
 
-def all_reduce_max(values: list[float], device) -> list[float]:
-    """Elementwise maxima of host numbers over the ranks of an initialised process group."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
-
-
-def all_reduce_sum(values: list[float], world: int, device) -> list[float]:
-    """Sums of host numbers over ranks (no device round trip in a single process)."""
-    if world == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 # -----------------------------------------------------------------------------
 # Evaluation and the numbers every validation reports
 
@@ -850,25 +609,25 @@ def val_sequence_count(hp: Hyperparameters, val: TokenStream) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, rank, world, device, amp, window, eval_sums=None):
+def evaluate(model: GPT, val: TokenStream, hp: Hyperparameters, ctx: "Context", window: int, eval_sums=None):
     """-> (val loss, val acc, per-layer (max |entry|, max token RMS) of the residual stream) over the first
     hp.val_tokens tokens of the val split: the same sequences for any world size. One host sync, at the end."""
     eval_sums = eval_sums or model.eval_sums
     n_seq = val_sequence_count(hp, val)
-    mine = range(rank * n_seq // world, (rank + 1) * n_seq // world)  # shares may differ by one
-    sums = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct
+    mine = range(ctx.rank * n_seq // ctx.world, (ctx.rank + 1) * n_seq // ctx.world)  # shares may differ by one
+    sums = torch.zeros(2, device=ctx.device, dtype=torch.float64)  # loss sum, correct
     count = 0
-    stats = torch.zeros(hp.n_layer, 2, device=device, dtype=torch.float32)
-    for i in range(0, len(mine), hp.micro_batch_size):
-        x, y = token_batch(val, [s * hp.seq_len for s in mine[i:i + hp.micro_batch_size]], hp.seq_len, device)
-        with amp:
-            loss_sum, correct, layer_stats = eval_sums(x, y, AttentionMask(x, hp.bos_token, window))
+    stats = torch.zeros(hp.n_layer, 2, device=ctx.device, dtype=torch.float32)
+    for i in range(0, len(mine), ctx.micro):
+        x, y = token_batch(val, [s * hp.seq_len for s in mine[i:i + ctx.micro]], hp.seq_len, ctx.device)
+        with ctx.amp:
+            loss_sum, correct, layer_stats = eval_sums(x, y, batch_mask(x, hp, window))
         sums += torch.stack((loss_sum.double(), correct.double()))
         count += y.numel()
         stats = torch.maximum(stats, layer_stats.float())
-    if world > 1:
+    if ctx.world > 1:
         dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-    loss_sum, correct, count = all_reduce_sum(sums.tolist() + [count], world, device)
+    loss_sum, correct, count = rc.all_reduce_sum(sums.tolist() + [count], ctx.world, ctx.device)
     return loss_sum / count, correct / count, stats.tolist()
 
 
@@ -886,230 +645,26 @@ def weight_norms(model: GPT) -> dict[str, float]:
 
 
 # -----------------------------------------------------------------------------
-# Logging: source of every project module, versions, hardware, then speedrun-format lines
+# Training: the device context, the checks before step 0, the step and the loop
 
 
+@dataclass
+class Context:
+    """Where this process trains: rank, world size, device, autocast and its dtype, sequences per forward pass."""
+    rank: int
+    world: int
+    device: torch.device
+    amp: torch.autocast
+    dtype: str
+    micro: int
 
-def project_sources() -> list[str]:
-    """Paths of this script and every project module it imported."""
-    paths = [os.path.abspath(__file__)]
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if not (isinstance(f, str) and os.path.isabs(f) and f.endswith(".py") and os.path.isfile(f)):
-            continue
-        rel = os.path.relpath(f, ROOT)
-        if rel.startswith("..") or rel.split(os.sep)[0] == "tests" or "site-packages" in rel.split(os.sep):
-            continue
-        if f not in paths:
-            paths.append(f)
-    return paths
-
-
-def hardware_summary(device) -> str:
-    lines = [f"python {platform.python_version()}  torch {torch.__version__}  numpy {np.__version__}",
-             f"platform {platform.platform()}  cpus {os.cpu_count()}  threads {torch.get_num_threads()}"]
-    if device.type == "cuda":
-        try:
-            lines.append(subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout)
-        except (OSError, subprocess.SubprocessError):
-            lines.append(f"cuda {torch.version.cuda}  {torch.cuda.get_device_name(device)}")
-    return "\n".join(lines)
-
-
-def ensure_writable_dir(path: str, flag: str) -> None:
-    """Create `path` if needed and prove a file can be written there, so a bad --log_dir/--checkpoint_dir
-    fails at start-up, not after the run."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"--{flag}={path}: cannot write there ({e.strerror or e}); "
-                         f"pass a writable directory") from None
-
-
-class Logger:
-    """Writes logs/<run_id>.txt (rank 0 only) and echoes run lines to the console."""
-
-    def __init__(self, hp: Hyperparameters, rank: int, world: int, device, resumed: bool, dtype: str):
-        self.path = None
-        if rank != 0:
-            return
-        self.path = os.path.join(hp.log_dir, f"{hp.run_id}.txt")
-        with open(self.path, "a" if resumed else "w") as f:
-            if not resumed:
-                for src in project_sources():
-                    with open(src) as code:
-                        f.write(f"# {os.path.relpath(src, ROOT)}\n{code.read()}\n{SEPARATOR}\n")
-                f.write(hardware_summary(device) + f"\n{SEPARATOR}\n")
-            config = dict(dataclasses.asdict(hp), world_size=world, tokens_per_step=hp.batch_size * hp.seq_len,
-                          dtype_used=dtype)
-            f.write("config: " + json.dumps(config, sort_keys=True) + "\n")
-
-    def __call__(self, line: str, console: bool = True, console_suffix: str = ""):
-        if self.path is None:
-            return
-        if console:
-            print(line + console_suffix, flush=True)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-
-
-def log_validation(log: Logger, model: GPT, hp: Hyperparameters, step: int, val_loss, val_acc, stats,
-                   train_ms: float, timed_steps: int) -> dict:
-    """Logs a validation's lines; returns lipschitz.bound_report(model)."""
-    head = f"step:{step}/{hp.num_iterations}"
-    log(f"{head} val_loss:{val_loss:.4f} val_acc:{val_acc:.4f} train_time:{train_ms:.0f}ms "
-        f"step_avg:{train_ms / max(1, timed_steps):.2f}ms")
-    report = lipschitz.bound_report(model)
-    log(f"{head} lipschitz_bound_log10:{report['log10_bound']:.4f} lipschitz_bound:{report['bound']:.6g} "
-        f"lipschitz_bound_tight_log10:{report['log10_bound_tight']:.4f} "
-        f"lipschitz_bound_sharp_log10:{report['log10_bound_sharp']:.4f} "
-        f"lipschitz_bound_paper_literal_log10:{report['log10_bound_paper_literal']:.4f}")
-    norms = weight_norms(model)
-    log(f"{head} max_weight_norm " + " ".join(f"{k}:{v:.4f}" for k, v in norms.items()))
-    if stats:
-        log(f"{head} act_max_entry:{max(s[0] for s in stats):.4f} act_max_rms:{max(s[1] for s in stats):.4f}")
-        log(f"{head} act_per_layer " + " ".join(f"L{i}_entry:{e:.3f} L{i}_rms:{r:.3f}"
-                                                for i, (e, r) in enumerate(stats)), console=False)
-    return report
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
-
-
-def time_estimate(hp: Hyperparameters, seconds_per_step: float, step: int, end_step: int) -> str:
-    """The console's early answer to "how long will this take", from the first timed steps."""
-    n_val = sum(1 for s in range(step + 1, end_step + 1) if s % hp.val_every == 0 or s == hp.num_iterations)
-    return (f"time estimate: {end_step - step} more steps at {seconds_per_step:.2f} s/step (first {ESTIMATE_AFTER} "
-            f"steps) take about {format_duration(seconds_per_step * (end_step - step))}, plus {n_val} validations")
-
-
-def launch_command(argv: list[str], world: int) -> str:
-    """The command line that ran this process, for 'continue with' hints (without any --resume)."""
-    args = " ".join(a for a in argv if not a.startswith("--resume="))
-    if world > 1:
-        return f"torchrun --standalone --nproc_per_node={world} train_gpt.py {args}".rstrip()
-    return f"python train_gpt.py {args}".rstrip()
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints: written atomically (temp file, then rename), loaded with weights_only=True
-
-CHECKPOINT_KEYS = ("step", "train_ms", "hp", "model", "optimizers", "rng")
-
-
-def save_checkpoint(path: str, model, optimizers, hp: Hyperparameters, step: int, train_ms: float,
-                    summary: dict | None = None, tokenizer: dict | None = None):
-    """Rank 0's view: model, optimizer states, step (which fixes the loader position), RNG, the last
-    validation's numbers (`summary`) so a finished run can report them without a model, and how its tokens
-    decode (`tokenizer`, see tokenizer_record) so samples need no data folder."""
-    state = dict(step=step, train_ms=train_ms, hp=dataclasses.asdict(hp), model=model.state_dict(),
-                 optimizers=[opt.state_dict() for opt in optimizers], rng=torch.get_rng_state(),
-                 summary=dict(summary or {}), tokenizer=dict(tokenizer or {}))
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def read_checkpoint(path: str, flag: str = "") -> dict:
-    """The project's one checkpoint reader: the dict save_checkpoint wrote. Anything else (missing, truncated,
-    foreign) raises FileNotFoundError/ValueError with one line naming the file (as `flag=path`) and the problem."""
-    name = f"{flag}={path}" if flag else path
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a truncated one has no directory
-        raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a file torch.save wrote)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{name}: not a checkpoint of train_gpt.py (it holds Python objects beyond tensors and "
-                         f"plain data; it was not loaded)") from None
-    except Exception:  # torch raises RuntimeError, EOFError, zipfile and OS errors for truncated or foreign files
-        raise ValueError(f"{name}: not a readable checkpoint (truncated, or not a file torch.save wrote)") from None
-    missing = [k for k in CHECKPOINT_KEYS if not (isinstance(state, dict) and k in state)]
-    if missing:
-        raise ValueError(f"{name}: not a checkpoint of train_gpt.py (it lacks {', '.join(missing)})")
-    return state
-
-
-# Fields older checkpoints may carry that this script no longer has, with the value that meant "off".
-# The gap study's blocks_mass, residual_lr_decay and embed_grad_norm_max changed nothing and left; the logs of
-# records/2026-11-22-shakespeare-h100/gap-screen hold the source that ran them.
-RETIRED_FIELDS = {"blocks_mass": 0.0, "residual_lr_decay": 1.0, "embed_grad_norm_max": 0.0}
-
-
-def hp_from_checkpoint(saved: dict, path: str) -> Hyperparameters:
-    """The Hyperparameters of a checkpoint's `hp` dict; retired fields at their "off" value are dropped."""
-    saved = dict(saved)
-    for key, off in RETIRED_FIELDS.items():
-        if key in saved and saved.pop(key) != off:
-            raise ValueError(f"{path}: trained with --{key}, which this train_gpt.py no longer has (the log of "
-                             f"that run holds the source that trained it)")
-    try:
-        return Hyperparameters(**saved)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its hyperparameters do not fit this train_gpt.py ({' '.join(str(e).split())})"
-                         ) from None
-
-
-def model_from_checkpoint(path: str, flag: str = "") -> tuple[GPT, dict]:
-    """(model in eval mode on the CPU, checkpoint dict) for a file save_checkpoint wrote; one-line
-    FileNotFoundError/ValueError naming the file otherwise."""
-    state = read_checkpoint(path, flag)
-    model = make_model(hp_from_checkpoint(state["hp"], path))
-    problem = state_dict_mismatch(model.state_dict(), state["model"])
-    if problem:
-        raise ValueError(f"{path}: its weights do not fit the model its hyperparameters describe ({problem})")
-    model.load_state_dict(state["model"])
-    return model.eval(), state
-
-
-def state_dict_mismatch(want: dict, got: dict) -> str:
-    """'' when `got` has exactly the keys and shapes of `want`, else a short description of the difference."""
-    if not isinstance(got, dict):
-        return f"the weights are a {type(got).__name__}, not a dict of tensors"
-    parts = []
-    for label, names in (("missing", [k for k in want if k not in got]),
-                         ("unexpected", [k for k in got if k not in want]),
-                         ("wrong shape", [f"{k} {tuple(getattr(got[k], 'shape', ()))} != {tuple(want[k].shape)}"
-                                          for k in want if k in got
-                                          and tuple(getattr(got[k], "shape", ())) != tuple(want[k].shape)])):
-        if names:
-            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-            parts.append(f"{label}: {', '.join(names[:3])}{more}")
-    return "; ".join(parts)
-
-
-# Fields a resumed run may change; any other difference from the checkpoint would silently train another run.
-RESUME_MAY_CHANGE = {"resume", "max_steps_this_run", "memory_check", "log_dir", "checkpoint_dir", "checkpoint_every",
-                     "checkpoint_minutes", "log_every", "val_every", "compile", "warmup_steps", "micro_batch_size",
-                     "val_at_start"}
-
-
-def check_resumable(saved: dict, hp: Hyperparameters, path: str):
-    diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(hp).items()
-            if k not in RESUME_MAY_CHANGE and saved.get(k) != v}
-    if diff:
-        raise ValueError(f"--resume={path}: hyperparameters differ from the checkpoint (saved, given): {diff}; "
-                         f"pass the checkpoint's values or start a new run")
-
-
-def load_checkpoint(state: dict, model, optimizers) -> tuple[int, float]:
-    model.load_state_dict(state["model"])
-    for opt, s in zip(optimizers, state["optimizers"], strict=True):
-        opt.load_state_dict(s)
-    torch.set_rng_state(state["rng"])
-    return state["step"], state["train_ms"]
-
-
-def weights_finite(model: nn.Module) -> bool:
-    return bool(torch.stack([p.isfinite().all() for p in model.parameters()]).all())
-
-
-# -----------------------------------------------------------------------------
-# Training
+    @classmethod
+    def local(cls, hp: "Hyperparameters", device: torch.device, amp=None) -> "Context":
+        """A single process on `device` under `amp` (default: autocast_for's choice)."""
+        auto, dtype = autocast_for(hp, device)
+        if amp is not None:
+            dtype = "bf16" if getattr(amp, "_enabled", False) and amp.fast_dtype == torch.bfloat16 else "fp32"
+        return cls(0, 1, device, auto if amp is None else amp, dtype, micro_batch_size(hp, 1))
 
 
 def autocast_for(hp: Hyperparameters, device) -> tuple[torch.autocast, str]:
@@ -1120,91 +675,59 @@ def autocast_for(hp: Hyperparameters, device) -> tuple[torch.autocast, str]:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"), dtype
 
 
-COMPILE_MIN_CPU_STEPS = 500  # compile="auto" on a CPU: ~1 minute of compiling buys ~15% per step (fp32, 2 cores)
+def make_context(hp: Hyperparameters) -> Context:
+    rank, world, device = rc.setup_distributed()
+    amp, dtype = autocast_for(hp, device)
+    return Context(rank, world, device, amp, dtype, micro_batch_size(hp, world))
 
 
-def compile_choice(hp: Hyperparameters, device: torch.device) -> tuple[bool, str]:
-    """(whether to torch.compile the loss and eval graphs, why, for the log). "auto" compiles on CUDA, and on a
-    CPU when the run is long enough to repay the compile and inductor's C++ compiler ($CXX or g++) is there."""
-    if hp.compile != "auto":
-        return hp.compile == "yes", f"--compile={hp.compile}"
-    if device.type == "cuda":
-        return True, "auto: CUDA"
-    if hp.num_iterations < COMPILE_MIN_CPU_STEPS:
-        return False, f"auto: a CPU run of under {COMPILE_MIN_CPU_STEPS} steps"
-    cxx = os.environ.get("CXX") or "g++"
-    if shutil.which(cxx) is None:
-        return False, f"auto: no C++ compiler ({cxx}) for inductor on this CPU; install g++ for ~15% faster steps"
-    return True, f"auto: a CPU run of {hp.num_iterations} steps, {cxx} found"
-
-
-def step_memory_bytes(hp: Hyperparameters, world: int, device: torch.device, dtype: str) -> dict[str, int]:
-    """Estimated peak memory of one training step on one rank, by part, in bytes (an estimate, within ~1.5x of
-    what was measured; see tests/test_train_gpt.py):
-      state        weights, gradients and optimizer state, float32 (4 copies of every parameter);
-      activations  what autograd keeps for one micro-batch: per token and layer ~8 d_model + 6 inner + 3 hidden
-                   values in the autocast dtype (residual copies; q, k, v, rotated, attention out; fc, gelu);
-      logits       float32 logits, their softmax and gradient for one chunk of the loss (3 x chunk tokens x
-                   padded vocab), and the lm_head's float32 gradient that the chunks add into;
-      attention    on the CPU's SDPA path with windows or documents, the dense (micro batch, 1, T, T) mask:
-                   ~4 bytes per entry (3.4 measured, torch 2.13's fused kernel; it never forms the scores).
-                   FlexAttention (CUDA) and causal-only attention keep no T x T tensor."""
-    micro, T, d = micro_batch_size(hp, world), hp.seq_len, hp.d_model
-    inner, hidden, V = hp.n_head * hp.head_dim, hp.mlp_ratio * hp.d_model, padded_vocab(max(hp.vocab_size, 1))
-    n_params = 2 * V * d + hp.n_layer * (4 * inner * d + 2 * hidden * d)
-    tokens = micro * T
-    act_bytes = 2 if dtype == "bf16" else 4
-    causal_only = hp.bos_token < 0 and (hp.window_max <= 0 or hp.window_max >= T)
-    dense_mask = not use_flex_attention(device) and not causal_only
-    return dict(state=4 * 4 * n_params,
-                activations=tokens * hp.n_layer * (8 * d + 6 * inner + 3 * hidden) * act_bytes,
-                logits=3 * min(tokens, loss_chunk_tokens(V)) * V * 4 + V * d * 4,
-                attention=4 * micro * T * T if dense_mask else 0)
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Memory a new allocation can use now: free CUDA memory, or the OS's MemAvailable (None if unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]  # GPU check: tests/test_cuda.py::test_smoke_run_on_cuda...
-    try:
-        with open("/proc/meminfo") as f:
-            kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
-        return 1024 * kib["MemAvailable"]
-    except (OSError, KeyError, ValueError):
+def probe_step_seconds(model: GPT, hp: Hyperparameters, ctx: Context, train: TokenStream) -> float | None:
+    """Seconds one training step will take here: up to 8 sequences of up to 256 tokens forward and backward,
+    timed after an untimed call, scaled by the FLOPs of the whole step. None on CUDA, where the warm-up steps
+    measure the step itself."""
+    if ctx.device.type == "cuda":
         return None
+    n, T = min(ctx.micro, 8), min(hp.seq_len, 256)
+    x, y = token_batch(train, [i * T for i in range(n)], T, ctx.device)
+    seconds = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with ctx.amp:
+            model.loss(x, y, batch_mask(x, hp, window_size(hp, 0))).backward()
+        seconds = min(seconds, time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    per_flop = seconds / forward_backward_flops(hp, n, T)
+    return per_flop * forward_backward_flops(hp, hp.batch_size // ctx.world, hp.seq_len)
 
 
-def check_step_fits(hp: Hyperparameters, world: int, device: torch.device, dtype: str) -> None:
-    """Refuse, before anything is built, a run whose step cannot fit: one line with the estimate, the free
-    memory, the largest parts, and the flags that shrink them."""
-    free = free_memory_bytes(device)
-    if world > 1:  # every rank takes the same branch: the least free memory of any rank decides
-        free = -all_reduce_max([-(math.inf if free is None else float(free))], device)[0]
+def check_step(hp: Hyperparameters, ctx: Context) -> None:
+    """Refuse, before anything is built, a run whose step cannot fit in memory (one line naming the flags)."""
+    free = rc.free_memory_bytes(ctx.device)
+    if ctx.world > 1:  # every rank takes the same branch: the least free memory of any rank decides
+        free = -rc.all_reduce_max([-(math.inf if free is None else float(free))], ctx.device)[0]
         free = None if math.isinf(free) else free
-    parts = step_memory_bytes(hp, world, device, dtype)
-    need = sum(parts.values())
-    if not hp.memory_check or free is None or need <= free:
-        return
-    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
-    biggest = ", ".join(f"{k} {gib(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v)
-    raise ValueError(f"a training step needs about {gib(need)} on {device.type} ({biggest}) but {gib(free)} is "
-                     f"free: lower --micro_batch_size={micro_batch_size(hp, world)} or --seq_len={hp.seq_len} "
-                     f"(or --d_model/--n_layer); --memory_check=0 skips this estimate")
+    if hp.memory_check:
+        rc.check_fits(step_memory_bytes(hp, ctx.micro, ctx.dtype, use_flex_attention(ctx.device)), free, ctx.device,
+                      f"--micro_batch_size={ctx.micro} or --seq_len={hp.seq_len} (or --d_model/--n_layer)")
 
 
-def train_step(model, optimizers, train, hp, step, rank, world, device, amp, loss_fn=None) -> torch.Tensor:
-    """One optimizer step over this rank's share of the global batch; returns the mean train loss (on device).
-    loss_fn(idx, targets, mask) -> loss defaults to the eager model.loss (model_fns gives the compiled one)."""
+def train_step(model, optimizers, train, hp, step, ctx: Context, loss_fn=None, stop=lambda: False):
+    """One optimizer step over this rank's share of the global batch; returns the mean train loss (on device),
+    or None when stop() turns true between micro-batches (single process): the partial gradient is dropped and
+    the weights stay those of the last completed step. loss_fn(idx, targets, mask) defaults to model.loss."""
     loss_fn = loss_fn or model.loss
     window = window_size(hp, step)
-    n_micro = hp.batch_size // (world * micro_batch_size(hp, world))
+    n_micro = hp.batch_size // (ctx.world * ctx.micro)
     total = None
-    for x, y in micro_batches(train, hp, step, rank, world, device):
-        with amp:
-            loss = loss_fn(x, y, AttentionMask(x, hp.bos_token, window)) / n_micro
+    for x, y in micro_batches(train, hp, step, ctx):
+        if ctx.world == 1 and stop():
+            model.zero_grad(set_to_none=True)
+            return None
+        with ctx.amp:
+            loss = loss_fn(x, y, batch_mask(x, hp, window)) / n_micro
         loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
-    all_reduce_grads(model, world)
+    all_reduce_grads(model, ctx.world)
     set_schedules(optimizers, hp, step)
     for opt in optimizers:
         opt.step()
@@ -1213,221 +736,149 @@ def train_step(model, optimizers, train, hp, step, rank, world, device, amp, los
     return total
 
 
-ESTIMATE_AFTER = 3  # timed steps before the console says how long the whole run will take
+def warm_up(model, optimizers, train, hp, ctx: Context, fns: ModelFns, compiled: bool, why: str, say):
+    """Untimed steps that compile the graphs and measure the kernel dispatch, then restore the initial state.
+    -> (fns, compiled, why): an "auto" CPU compile that fails falls back to eager and says why."""
+    warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if ctx.device.type == "cuda" else int(compiled))
+    if not warmup:
+        return fns, compiled, why
+    say(f"warm-up: {warmup} untimed step{'s' if warmup > 1 else ''}"
+        + (" (torch.compile: the first takes a minute or more)" if compiled else ""), flush=True)
+    initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
+    first_only = ctx.device.type != "cuda"  # a CPU compiles on one micro-batch; CUDA also times Muon's kernels
+    with kernels.measuring_dispatch():
+        for s in range(warmup):
+            calls = itertools.count()
+            try:
+                train_step(model, optimizers, train, hp, s, ctx, fns.loss, stop=lambda: first_only and next(calls) >= 1)
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                if not (compiled and hp.compile == "auto" and ctx.device.type == "cpu"):
+                    raise
+                # a CPU toolchain inductor cannot use: train eagerly, as --compile=no would
+                compiled, why = False, f"auto: compiling failed ({' '.join(str(e).split())[:160]}), eager instead"
+                fns = model_fns(model, compile=False)
+    kernels.share_dispatch_choices()  # every rank runs the kernels rank 0 chose
+    model.load_state_dict(initial["model"])
+    for o, s in zip(optimizers, initial["opts"]):
+        o.load_state_dict(s)
+    return fns, compiled, why
 
 
-def host_sync_due(hp: Hyperparameters, step: int, end_step: int, world: int, host_event: bool,
-                  start_step: int = 0) -> bool:
-    """Whether the trainer waits for the device after `step`: at log, validation and checkpoint steps, the
-    last step and the step of the time estimate, and (single process) when a stop signal or a timed
-    checkpoint is pending. Between them the host queues steps without waiting. With several ranks, signals
-    and timed checkpoints wait for the next log step, where one reduction makes every rank agree."""
-    return (step % hp.log_every == 0 or step % hp.val_every == 0 or step >= end_step
-            or step == start_step + ESTIMATE_AFTER
-            or step == hp.num_iterations or bool(hp.checkpoint_every and step % hp.checkpoint_every == 0)
-            or (world == 1 and host_event))
-
-
-class StopSignals:
-    """SIGINT/SIGTERM ask the loop to stop after the current step, checkpoint and exit cleanly (`received`
-    holds the signal number). The first signal also restores the system's default handlers, so a second
-    SIGINT or SIGTERM ends the process at once, even inside a long native op (which a Python handler would
-    only see when the op returns). Under torchrun (world > 1) only SIGINT's: a worker may get SIGTERM twice for
-    one stop (from the cluster and again from the agent), and the second must not cost the checkpoint."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, announce: bool, world: int = 1):
-        self.received, self.announce, self.previous = 0, announce, {}
-        self.at_once = self.SIGNALS if world == 1 else (signal.SIGINT,)
-
-    def __enter__(self):
-        try:
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        except ValueError:  # not the main thread: leave the handlers alone
-            self.previous = {}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        self.received = signum
-        for s in self.at_once:
-            signal.signal(s, signal.SIG_DFL)
-        if self.announce:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
-                  f"(Ctrl-C again to abort at once, without one)", file=sys.stderr, flush=True)
+def model_from_checkpoint(path: str, flag: str = "") -> tuple[GPT, dict]:
+    """(model in eval mode on the CPU, checkpoint dict) for a file save_checkpoint wrote; one-line
+    FileNotFoundError/ValueError naming the file otherwise."""
+    state = rc.read_checkpoint(path, flag)
+    model = make_model(rc.hp_from_checkpoint(Hyperparameters, state["hp"], path))
+    problem = rc.state_dict_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise ValueError(f"{path}: its weights do not fit the model its hyperparameters describe ({problem})")
+    model.load_state_dict(state["model"])
+    return model.eval(), state
 
 
 def end_of_run_sample(model: GPT, tokenizer: dict, hp: Hyperparameters, device, ckpt_path: str) -> str:
     """A short sample of the trained model for the console (not the log), or one line saying why there is none."""
     try:  # a finished run never fails here: whatever goes wrong is one line
-        from tools import sample  # lazily: tools/sample.py imports this script
-        (text,) = sample.sample_text(model, tokenizer, max_new_tokens=200 if tokenizer.get("tokenizer") != "gpt2"
-                                     else 60, seed=hp.seed, device=device)
+        start = [hp.bos_token] if hp.bos_token >= 0 else encoder(tokenizer)("\n")
+        n, gen = 200 if tokenizer.get("tokenizer") != "gpt2" else 60, torch.Generator(device).manual_seed(hp.seed)
+        tokens = generate(model, torch.tensor([start], device=device), n, 0.8, 0, gen)[0, len(start):]
+        text = decoder(tokenizer)(tokens.tolist())
     except Exception as e:  # noqa: BLE001
         return f"no sample: {' '.join(str(e).split()) or type(e).__name__}"
     return f"sample (python tools/sample.py {ckpt_path} for more):\n{text}"
 
 
+def start(hp: Hyperparameters, ctx: Context, say) -> dict | None:
+    """Before anything is built: data, vocabulary, checks, the checkpoint to resume (None for a new run)."""
+    for flag in ("log_dir", "checkpoint_dir"):
+        rc.ensure_writable_dir(getattr(hp, flag), flag)
+    hp.vocab_size = read_vocab_size(hp.train_files, hp.vocab_size)
+    validate(hp)
+    saved = rc.read_checkpoint(hp.resume, "--resume") if hp.resume else None
+    if saved is not None:
+        hp.run_id = hp.run_id or saved["hp"]["run_id"]  # continue the same log and checkpoint
+        rc.check_resumable(saved["hp"], hp, hp.resume)
+    if not hp.run_id:
+        hp.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        if ctx.world > 1:  # every rank must agree on the run id
+            ids = [None] * ctx.world
+            dist.all_gather_object(ids, hp.run_id)
+            hp.run_id = ids[0]
+    check_step(hp, ctx)
+    return saved
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     hp = Hyperparameters.from_args(argv)
-    rank, world, device = setup_distributed()
-    say = print if rank == 0 else (lambda *a, **k: None)
-    micro_batch_size(hp, world)  # validates the batch geometry before any work
-    for flag in ("log_dir", "checkpoint_dir"):
-        ensure_writable_dir(getattr(hp, flag), flag)
-    hp.vocab_size = read_vocab_size(hp)
-    tokenizer = tokenizer_record(hp)
-    saved = read_checkpoint(hp.resume, "--resume") if hp.resume else None
-    if saved is not None:
-        hp.run_id = hp.run_id or saved["hp"]["run_id"]  # continue the same log and checkpoint
-        check_resumable(saved["hp"], hp, hp.resume)
-        if saved["step"] >= hp.num_iterations:
-            done = saved.get("summary", {})
-            say(f"--resume={hp.resume}: run {hp.run_id} is already complete (step {saved['step']}/"
-                f"{hp.num_iterations}" + (f", val_loss {done['val_loss']:.4f}" if "val_loss" in done else "")
-                + "); nothing to train")
-            return dict(run_id=hp.run_id, checkpoint=hp.resume, log=None, complete=True, **done)
-    if not hp.run_id:
-        hp.run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        if world > 1:  # every rank must agree on the run id
-            ids = [None] * world
-            dist.all_gather_object(ids, hp.run_id)
-            hp.run_id = ids[0]
-    train = TokenStream(hp.train_files, hp.vocab_size, "training")
-    val = TokenStream(hp.val_files, hp.vocab_size, "validation")
-    val_sequence_count(hp, val)
-    amp, dtype_used = autocast_for(hp, device)
-    check_step_fits(hp, world, device, dtype_used)
-
-    model = make_model(hp).to(device)
-    optimizers = make_optimizers(model, hp)
-    compiled, compile_why = compile_choice(hp, device)
-    fns = model_fns(model, compile=compiled)
-
-    warmup = hp.warmup_steps if hp.warmup_steps >= 0 else (10 if device.type == "cuda" else int(compiled))
-    if warmup:  # compile kernels and measure the kernel dispatch untimed, then restore the initial state
-        say(f"warm-up: {warmup} untimed step{'s' if warmup > 1 else ''}"
-            + (" (torch.compile: the first takes a minute or more)" if compiled else ""), flush=True)
-        initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
-        with constraints.measuring_dispatch():
-            for s in range(warmup):
-                try:
-                    train_step(model, optimizers, train, hp, s, rank, world, device, amp, fns.loss)
-                except torch._dynamo.exc.BackendCompilerFailed as e:
-                    if not (compiled and hp.compile == "auto" and device.type == "cpu"):
-                        raise
-                    # a CPU toolchain inductor cannot use: train eagerly, as --compile=no would
-                    compiled, compile_why = False, f"auto: compiling failed ({' '.join(str(e).split())[:160]}), eager instead"
-                    fns = model_fns(model, compile=False)
-        constraints.share_dispatch_choices()  # every rank runs the kernels rank 0 chose
-        model.load_state_dict(initial["model"])
-        for o, s in zip(optimizers, initial["opts"]):
-            o.load_state_dict(s)
-        del initial
-
-    start_step, train_ms = 0, 0.0
-    if saved:
-        start_step, train_ms = load_checkpoint(saved, model, optimizers)
-    log = Logger(hp, rank, world, device, resumed=bool(saved), dtype=dtype_used)
-    overrides = preset_overrides(hp)
-    if overrides:
-        log(f"preset {hp.preset}: " + " ".join(f"{k}={v}" for k, v in overrides.items())
-            + "  (the defaults at the top of train_gpt.py are the GPU run)")
-    if saved:
-        log(f"resumed run {hp.run_id} from step {start_step}/{hp.num_iterations} ({hp.resume})")
-    log(f"torch.compile: {'yes' if compiled else 'no'} ({compile_why})")
-    if device.type == "cuda":
-        log(constraints.dispatch_summary())
+    ctx = make_context(hp)
+    say = print if ctx.rank == 0 else (lambda *a, **k: None)
+    saved = start(hp, ctx, say)
     ckpt_path = os.path.join(hp.checkpoint_dir, f"{hp.run_id}.pt")
-    end_step = hp.num_iterations if not hp.max_steps_this_run else min(
-        hp.num_iterations, start_step + hp.max_steps_this_run)
-
-    result: dict = {"run_id": hp.run_id, "log": log.path, "checkpoint": ckpt_path, "dtype": dtype_used}
-    summary: dict = dict(saved.get("summary", {})) if saved else {}
-    timed_steps, step = start_step, start_step  # train_ms is cumulative over resumes, and so is the count
-    wall0 = last_ckpt = time.monotonic()
-    train_ms_at_start = train_ms
-    pending: list[torch.Tensor] = []  # train losses (on device) of the steps since the last host sync
-    with StopSignals(announce=rank == 0, world=world) as stop:
-        want_ckpt, synced, stopping = False, True, False  # want_ckpt and stopping: agreed by all ranks
+    if saved and saved["step"] >= hp.num_iterations:
+        return rc.already_complete(saved, hp, say)
+    with rc.StopSignals(ctx.rank == 0, ctx.world, hp.stop_grace_seconds, lambda: ckpt_path) as stop:
+        train, val = TokenStream(hp.train_files, hp.vocab_size, "training"), TokenStream(hp.val_files, hp.vocab_size, "validation")
+        val_sequence_count(hp, val)
+        model = make_model(hp).to(ctx.device)
+        step_seconds = probe_step_seconds(model, hp, ctx, train)
+        if step_seconds is not None:
+            say(rc.step_time_report(step_seconds, step_seconds * ctx.micro * ctx.world / hp.batch_size, hp,
+                                    f"--batch_size={hp.batch_size} or --seq_len={hp.seq_len}"))
+        optimizers = make_optimizers(model, hp)
+        compiled, why = rc.compile_choice(hp, ctx.device)
+        fns, compiled, why = warm_up(model, optimizers, train, hp, ctx, model_fns(model, compiled), compiled, why, say)
+        stop.arm()  # from here a stop has a step to checkpoint
+        start_step, train_ms = rc.load_checkpoint(saved, model, optimizers) if saved else (0, 0.0)
+        log = rc.Logger(hp, ctx.rank, ctx.world, ctx.device, resumed=bool(saved), dtype=ctx.dtype, main_file=__file__)
+        if flags.preset_overrides(hp, PRESETS):
+            log(f"preset {hp.preset}: " + " ".join(f"{k}={v}" for k, v in flags.preset_overrides(hp, PRESETS).items())
+                + "  (the defaults at the top of train_gpt.py are the GPU run)")
+        if saved:
+            log(f"resumed run {hp.run_id} from step {start_step}/{hp.num_iterations} ({hp.resume})")
+        log(f"torch.compile: {'yes' if compiled else 'no'} ({why})")
+        if ctx.device.type == "cuda":
+            log(kernels.dispatch_summary())
+        end_step = min(hp.num_iterations, start_step + hp.max_steps_this_run) if hp.max_steps_this_run else hp.num_iterations
+        tokenizer = tokenizer_record(hp.train_files, hp.vocab_size)
+        summary: dict = dict(saved.get("summary", {})) if saved else {}
+        progress = rc.Progress(hp, ctx.world, ctx.device, log, say, lambda v: rc.all_reduce_sum(v, ctx.world, ctx.device),
+                               start_step, end_step, train_ms)
+        step = start_step
         while True:
-            last = step >= end_step or stopping
-            if ((step % hp.val_every == 0 or step == hp.num_iterations) and not (saved and step == start_step)
-                    and (step > 0 or hp.val_at_start)):
-                val_loss, val_acc, stats = evaluate(model, val, hp, rank, world, device, amp, window_size(hp, step),
-                                                    fns.eval_sums)
+            last = step >= end_step or progress.stopping
+            if rc.validation_due(hp, step) and not (step == start_step and (saved or progress.stopping)):
+                t_val = time.perf_counter()
+                val_loss, val_acc, stats = evaluate(model, val, hp, ctx, window_size(hp, step), fns.eval_sums)
                 summary = dict(step=step, val_loss=val_loss, val_acc=val_acc)
-                if rank == 0:
-                    report = log_validation(log, model, hp, step, val_loss, val_acc, stats, train_ms, timed_steps)
+                if ctx.rank == 0:
+                    report = lipschitz.bound_report(model)
+                    rc.log_validation(log, hp, step, val_loss, val_acc, stats, progress, report, weight_norms(model))
                     summary["log10_bound"] = report["log10_bound_sharp"]  # the tightest certified bound
-            if step > start_step and (last or want_ckpt or (hp.checkpoint_every and step % hp.checkpoint_every == 0)):
-                if not weights_finite(model):  # identical weights on every rank, so every rank stops here
+                progress.validated(time.perf_counter() - t_val)
+            if progress.checkpoint_due(step, last):
+                stop.reached_checkpoint()
+                if not rc.weights_finite(model):  # identical weights on every rank, so every rank stops here
                     raise FloatingPointError(f"weights became non-finite by step {step}; stopping without "
                                              f"overwriting the last good checkpoint {ckpt_path}")
-                if rank == 0:
-                    save_checkpoint(ckpt_path, model, optimizers, hp, step, train_ms, summary, tokenizer)
-                last_ckpt, want_ckpt = time.monotonic(), False
+                if ctx.rank == 0:
+                    rc.save_checkpoint(ckpt_path, model, optimizers, hp, step, progress.train_ms, summary, tokenizer)
+                progress.checkpointed()
             if last:
                 break
-            if synced:  # the clock restarts after validation and checkpoints, which are not training time
-                t0 = time.perf_counter()
-            pending.append(train_step(model, optimizers, train, hp, step, rank, world, device, amp, fns.loss))
-            timed_steps += 1
-            step += 1
-            due = rank == 0 and hp.checkpoint_minutes > 0 and time.monotonic() - last_ckpt > 60 * hp.checkpoint_minutes
-            synced = host_sync_due(hp, step, end_step, world, bool(stop.received) or due, start_step)
-            if not synced:  # the host runs ahead of the device until the next log, validation or checkpoint
+            progress.step_begins()
+            loss = train_step(model, optimizers, train, hp, step, ctx, fns.loss, stop=lambda: bool(stop.received))
+            if loss is None:  # stopped between micro-batches: this step never happened
+                progress.abandon(step, ckpt_path)
                 continue
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_ms += 1000 * (time.perf_counter() - t0)
-            # one reduction makes every rank agree on the losses since the last sync (a NaN on any rank reaches
-            # all), a stop signal and a timed checkpoint
-            *loss_sums, stops, dues = all_reduce_sum(torch.stack(pending).float().tolist()
-                                                     + [float(stop.received), float(due)], world, device)
-            pending.clear()
-            losses = [x / world for x in loss_sums]
-            loss_value, want_ckpt, stopping = losses[-1], dues > 0, stops > 0
-            if stopping and not stop.received:
-                stop.received = signal.SIGTERM  # another rank was signalled
-            bad = [i for i, x in enumerate(losses) if not math.isfinite(x)]
-            if bad:
-                first_bad = step - len(losses) + 1 + bad[0]
-                log(f"step:{first_bad}/{hp.num_iterations} train_loss:{losses[bad[0]]}")
-                kept = f"the last good checkpoint is {ckpt_path}" if os.path.exists(ckpt_path) else "no checkpoint was saved"
-                raise FloatingPointError(f"training loss became {losses[bad[0]]} at step {first_bad}; stopping "
-                                         f"({kept}). Try a smaller learning rate or a tighter --w_max")
-            if step == start_step + ESTIMATE_AFTER and step < end_step:
-                say(time_estimate(hp, (train_ms - train_ms_at_start) / 1000 / ESTIMATE_AFTER, step, end_step))
-            if step % hp.log_every == 0 or step == end_step:
-                eta = (time.monotonic() - wall0) / (step - start_step) * (end_step - step)
-                log(f"step:{step}/{hp.num_iterations} train_loss:{loss_value:.4f} train_time:{train_ms:.0f}ms "
-                    f"step_avg:{train_ms / timed_steps:.2f}ms", console_suffix=f" eta:{format_duration(eta)}"
-                    if step < end_step else "")
-    if device.type == "cuda":
+            step += 1
+            progress.step_ends(step, loss, bool(stop.received), ctx.rank, ckpt_path)
+    if ctx.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
-    result.update(summary, step=step)
-    resume_hint = f"{launch_command(argv, world)} --resume={ckpt_path}"
-    if stopping:
-        result["stopped"] = signal.Signals(stop.received).name
-        log(f"stopped by {result['stopped']} at step {step}/{hp.num_iterations}; checkpoint {ckpt_path}")
-        say(f"continue with: {resume_hint}")
-    elif step < hp.num_iterations:
-        log(f"stopped at step {step}/{hp.num_iterations} (--max_steps_this_run={hp.max_steps_this_run}); "
-            f"checkpoint {ckpt_path}")
-        say(f"continue with: {resume_hint}")
-    else:
-        bound = f", certified Lipschitz bound 10^{summary['log10_bound']:.2f}" if "log10_bound" in summary else ""
-        say(f"run {hp.run_id} complete: step {step}/{hp.num_iterations}, val_loss {summary.get('val_loss', 0):.4f}, "
-            f"val_acc {summary.get('val_acc', 0):.4f}{bound}\n  log: {log.path}\n  checkpoint: {ckpt_path}")
-        if rank == 0:
-            say(end_of_run_sample(model, tokenizer, hp, device, ckpt_path))
-    if world > 1:
+    result = rc.report_end(hp, ctx.world, log, say, summary, step, (stop.received or signal.SIGTERM)
+                           if progress.stopping else 0, argv, ckpt_path, ctx.dtype,
+                           lambda: end_of_run_sample(model, tokenizer, hp, ctx.device, ckpt_path))
+    if ctx.world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return result
@@ -1442,8 +893,8 @@ if __name__ == "__main__":
         if dist.is_initialized():
             dist.destroy_process_group()
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("aborted: no checkpoint saved for the current step", file=sys.stderr)
+    except KeyboardInterrupt:  # during start-up, before the stop handlers are in place
+        print("aborted before training started: nothing was saved", file=sys.stderr)
         sys.exit(130)
     if outcome.get("stopped"):
         sys.exit(128 + signal.Signals[outcome["stopped"]].value)

@@ -38,7 +38,7 @@ class Timed:
 
 def setup(hp, compile=False):
     model = tg.make_model(hp)
-    return model, tg.make_optimizers(model, hp), tg.model_fns(model, compile=compile).loss
+    return model, tg.make_optimizers(model, hp), tg.model_fns(model, compiled=compile).loss
 
 
 def main(argv):
@@ -57,7 +57,7 @@ def main(argv):
     if not any(a.startswith("--preset=") for a in rest):
         rest.insert(0, "--preset=shakespeare")
     hp = tg.Hyperparameters.from_args(rest)
-    hp.vocab_size = tg.read_vocab_size(hp)
+    hp.vocab_size = tg.read_vocab_size(hp.train_files, hp.vocab_size)
     hp_none = tg.Hyperparameters(**{**hp.__dict__, "constraint": "none"})
     train = tg.TokenStream(hp.train_files, hp.vocab_size, "training")
     amp, dtype_used = tg.autocast_for(hp, torch.device("cpu"))
@@ -74,7 +74,7 @@ def main(argv):
             constraints.apply = timer if name == "constrained" else timer.inner
             before = timer.seconds
             t0 = time.perf_counter()
-            tg.train_step(model, opts, train, h, step, 0, 1, torch.device("cpu"), amp, loss_fn)
+            tg.train_step(model, opts, train, h, step, tg.Context.local(h, torch.device("cpu"), amp), loss_fn)
             if step:
                 times[name].append(time.perf_counter() - t0)
                 if name == "constrained":

@@ -184,6 +184,33 @@ def _unreachable_reason(url, timeout):
     return unreachable_reason(lambda: requests.head(url, timeout=timeout, allow_redirects=False), timeout)
 
 
+GPT2_EOT_TEXT = "<|endoftext|>"  # the one special token of GPT-2 BPE: a prompt may write it to start a document
+
+
+def encoder(tokenizer: dict) -> Callable[[str], list[int]]:
+    """text -> token ids, the inverse of decoder(tokenizer) on text: byte = the UTF-8 bytes,
+    char = each character's position in tokenizer["chars"] (ValueError naming characters outside it), gpt2 =
+    tiktoken's BPE, where the text "<|endoftext|>" is the document-start token 50256 (as in the shards)."""
+    kind = tokenizer.get("tokenizer")
+    if kind == "byte":
+        return lambda text: list(text.encode("utf-8"))
+    if kind == "char":
+        ids = {c: i for i, c in enumerate(tokenizer["chars"])}
+
+        def encode_chars(text: str) -> list[int]:
+            unknown = sorted(set(text) - ids.keys())
+            if unknown:
+                raise ValueError(f"the prompt has {len(unknown)} character(s) outside the model's "
+                                 f"{len(ids)}-character vocabulary: {' '.join(map(repr, unknown))}")
+            return [ids[c] for c in text]
+
+        return encode_chars
+    if kind == "gpt2":
+        enc = load_gpt2_encoding()
+        return lambda text: enc.encode(text, allowed_special={GPT2_EOT_TEXT})
+    raise ValueError(f"no encoder for tokenizer {kind!r}")
+
+
 def load_gpt2_encoding(timeout=5.0):
     """tiktoken's GPT-2 encoding, or TokenizerUnavailable within about `timeout` seconds.
 

@@ -9,6 +9,7 @@ import torch
 
 import constraints
 import lipschitz as L
+import run_control as rc
 import train_gpt as tg
 from tools import certify
 
@@ -30,7 +31,7 @@ def small_model(arch="lipschitz"):
 
 def save(tmp_path, model, name="run.pt"):
     path = str(tmp_path / name)
-    tg.save_checkpoint(path, model, [], model.hp, 7, 0.0)
+    rc.save_checkpoint(path, model, [], model.hp, 7, 0.0)
     return path
 
 

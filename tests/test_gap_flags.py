@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import run_control as rc
 import train_gpt as tg
 
 SMALL = dict(n_layer=2, n_head=2, head_dim=16, d_model=32, vocab_size=64, seq_len=16, batch_size=2,
@@ -51,7 +52,7 @@ def test_retired_flags_are_gone_and_old_checkpoints_still_load(tmp_path):
     h = hp()
     model = tg.make_model(h)
     path = str(tmp_path / "old.pt")
-    tg.save_checkpoint(path, model, [], h, 0, 0.0)
+    rc.save_checkpoint(path, model, [], h, 0, 0.0)
     state = torch.load(path, weights_only=True)
     state["hp"].update(blocks_mass=0.0, residual_lr_decay=1.0, embed_grad_norm_max=0.0)
     torch.save(state, path)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import lipschitz
+import run_control as rc
 import train_gpt as tg
 from data.shards import write_shard
 
@@ -51,7 +52,7 @@ def test_compiled_flex_loss_and_eval_match_sdpa_and_eager_without_recompiling_pe
     reductions and flex's blockwise softmax."""
     torch._dynamo.reset()
     model = trained_looking(small_hp(arch))
-    eager, compiled = tg.model_fns(model, compile=False), tg.model_fns(model, compile=True)
+    eager, compiled = tg.model_fns(model, compiled=False), tg.model_fns(model, compiled=True)
     idx = token_ids()
     x, y = idx[:, :-1], idx[:, 1:]
     with torch.no_grad():
@@ -80,8 +81,8 @@ def test_bf16_autocast_compiled_loss_and_grads_track_float32():
     x, y = idx[:, :-1], idx[:, 1:]
     mask = tg.AttentionMask(x, BOS, 40)
     results = []
-    for fns, amp in ((tg.model_fns(model, compile=False), contextlib.nullcontext()),
-                     (tg.model_fns(model, compile=True), torch.autocast("cpu", dtype=torch.bfloat16))):
+    for fns, amp in ((tg.model_fns(model, compiled=False), contextlib.nullcontext()),
+                     (tg.model_fns(model, compiled=True), torch.autocast("cpu", dtype=torch.bfloat16))):
         model.zero_grad()
         with amp:
             loss = fns.loss(x, y, mask)
@@ -138,8 +139,8 @@ def test_no_tensor_is_made_without_a_device(streams, optimizer, constraint):
     amp, _ = tg.autocast_for(tg.dataclasses.replace(hp, dtype="fp32"), cpu)
     with torch.device("meta"):
         for step in range(2):
-            loss = tg.train_step(model, optimizers, train, hp, step, 0, 1, cpu, amp)
-        val_loss, val_acc, stats = tg.evaluate(model, val, hp, 0, 1, cpu, amp, 40)
+            loss = tg.train_step(model, optimizers, train, hp, step, tg.Context.local(hp, cpu, amp))
+        val_loss, val_acc, stats = tg.evaluate(model, val, hp, tg.Context.local(hp, cpu, amp), 40)
         report = lipschitz.bound_report(model)
         norms = tg.weight_norms(model)
         x = token_ids()[:, :-1]
@@ -165,7 +166,7 @@ def test_compiled_run_resumes_exactly(tmp_path, one_thread):
     second = tg.main(args + [f"--log_dir={tmp_path}/b", f"--checkpoint_dir={tmp_path}/b",
                              f"--resume={first['checkpoint']}"])
     assert second["step"] == 6 and whole["step"] == 6
-    a, b = (tg.read_checkpoint(r["checkpoint"])["model"] for r in (whole, second))
+    a, b = (rc.read_checkpoint(r["checkpoint"])["model"] for r in (whole, second))
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7, msg=name)
     assert abs(second["val_loss"] - whole["val_loss"]) < 1e-5

@@ -287,7 +287,7 @@ def test_ours_is_train_gpt_evaluate(tiny):
     window = tg.window_size(hp, state["step"])
     windows = ep.protocol_windows(hp, splits["val"], splits["train"], random_batches=1, seed=0)
     ours, ours_acc = ep.loss_and_accuracy(model, splits["val"], windows["ours"][1], amp, window)
-    reference, _, _ = tg.evaluate(model, splits["val"], hp, 0, 1, torch.device("cpu"), amp, window)
+    reference, _, _ = tg.evaluate(model, splits["val"], hp, tg.Context.local(hp, torch.device("cpu"), amp), window)
     assert ours == pytest.approx(reference, rel=1e-6)
     assert ours == pytest.approx(tiny.val_loss, rel=1e-6)  # and the validation the training run logged
     assert ours_acc == tiny.val_acc  # a count of argmax hits over the same logits

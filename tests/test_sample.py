@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import run_control as rc
 import train_gpt as tg
 from data import shakespeare
 from tools import sample
@@ -36,14 +37,14 @@ def byte_shards(tmp_path_factory):
 def smoke_hp(shards, **overrides):
     hp = tg.Hyperparameters.from_preset("smoke", train_files=f"{shards}/*train*.bin",
                                         val_files=f"{shards}/*val*.bin", **overrides)
-    hp.vocab_size = tg.read_vocab_size(hp)
+    hp.vocab_size = tg.read_vocab_size(hp.train_files, hp.vocab_size)
     return hp
 
 
 def save_untrained(path, hp, record=True):
     """A checkpoint of a freshly initialised model (zero_init_out=0 in hp, so its logits are not all equal)."""
-    tg.save_checkpoint(str(path), tg.make_model(hp), [], hp, 0, 0.0,
-                       tokenizer=tg.tokenizer_record(hp) if record else None)
+    rc.save_checkpoint(str(path), tg.make_model(hp), [], hp, 0, 0.0,
+                       tokenizer=tg.tokenizer_record(hp.train_files, hp.vocab_size) if record else None)
     return str(path)
 
 
@@ -105,12 +106,12 @@ def test_same_seed_same_text_other_seed_other_text(trained):
 def test_greedy_equals_top_k_1_equals_argmax_loop(trained, arch):
     model, record = load(trained(arch))
     assert model.hp.arch == arch
-    ids = sample.encoder(record)("ROMEO:\n")
+    ids = shakespeare.encoder(record)("ROMEO:\n")
     n = model.hp.seq_len + 16  # past the context, so cropping is exercised
     want = argmax_reference(model, ids, n)
     prompt = torch.tensor([ids])
-    greedy = sample.generate(model, prompt, n, 0.0, 0, torch.Generator().manual_seed(0))
-    top1 = sample.generate(model, prompt, n, 1.0, 1, torch.Generator().manual_seed(5))
+    greedy = tg.generate(model, prompt, n, 0.0, 0, torch.Generator().manual_seed(0))
+    top1 = tg.generate(model, prompt, n, 1.0, 1, torch.Generator().manual_seed(5))
     assert greedy[0, :len(ids)].tolist() == ids
     assert greedy[0, len(ids):].tolist() == want
     assert top1[0, len(ids):].tolist() == want
@@ -124,9 +125,9 @@ def test_char_text_is_the_generated_tokens_decoded(trained):
     model, record = load(trained("lipschitz"))
     assert record["tokenizer"] == "char" and len(record["chars"]) == model.hp.vocab_size
     texts = sample.sample_text(model, record, max_new_tokens=50, seed=3, top_k=5, num_samples=2)
-    start = sample.prompt_tokens(None, sample.encoder(record), model.hp)
+    start = sample.prompt_tokens(None, shakespeare.encoder(record), model.hp)
     assert start == [record["chars"].index("\n")]  # no bos in Shakespeare shards: a document starts after "\n"
-    tokens = sample.generate(model, torch.tensor([start] * 2), 50, 0.8, 5, torch.Generator().manual_seed(3))
+    tokens = tg.generate(model, torch.tensor([start] * 2), 50, 0.8, 5, torch.Generator().manual_seed(3))
     assert texts == ["".join(record["chars"][t] for t in row[1:]) for row in tokens.tolist()]
     assert set("".join(texts)) <= set(record["chars"])
 
@@ -136,16 +137,16 @@ def test_byte_checkpoint_decodes_utf8(byte_shards, tmp_path):
     model, record = load(save_untrained(tmp_path / "byte.pt", hp))
     assert record == {"tokenizer": "byte", "vocab_size": 256}
     prompt = "Café ✓\n"
-    ids = sample.encoder(record)(prompt)
+    ids = shakespeare.encoder(record)(prompt)
     assert ids == list(prompt.encode("utf-8")) and shakespeare.decoder(record)(ids) == prompt
     texts = sample.sample_text(model, record, prompt=prompt, max_new_tokens=30, seed=2)
-    row = sample.generate(model, torch.tensor([ids]), 30, 0.8, 0, torch.Generator().manual_seed(2))[0, len(ids):]
+    row = tg.generate(model, torch.tensor([ids]), 30, 0.8, 0, torch.Generator().manual_seed(2))[0, len(ids):]
     assert texts == [bytes(row.tolist()).decode("utf-8", errors="replace")]
 
 
 def test_start_of_document_is_the_bos_token_when_there_is_one(byte_shards):
     hp = smoke_hp(byte_shards, bos_token=0)  # token 0 is a bos token like any other
-    encode = sample.encoder({"tokenizer": "byte", "vocab_size": 256})
+    encode = shakespeare.encoder({"tokenizer": "byte", "vocab_size": 256})
     assert sample.prompt_tokens(None, encode, hp) == [0]
     assert sample.prompt_tokens(None, encode, smoke_hp(byte_shards)) == [ord("\n")]
 
@@ -154,14 +155,14 @@ def test_top_k_and_temperature_edges():
     logits = torch.zeros(1, 65)
     logits[0, ::7] = 1.0  # ten tied maxima (an unstable sort of 65 entries reorders ties)
     assert logits.argmax().item() == 0
-    kept = lambda k: torch.isfinite(sample.keep_top_k(logits, k))[0].nonzero().flatten().tolist()
+    kept = lambda k: torch.isfinite(tg.keep_top_k(logits, k))[0].nonzero().flatten().tolist()
     assert kept(1) == [0] and kept(3) == [0, 7, 14]  # exactly k, ties to the lower id, as argmax
     gen = torch.Generator().manual_seed(0)
-    assert {sample.pick_next_token(logits, 1.0, 1, gen).item() for _ in range(20)} == {0}
-    draws = {sample.pick_next_token(logits, 50.0, 3, gen).item() for _ in range(300)}
+    assert {tg.pick_next_token(logits, 1.0, 1, gen).item() for _ in range(20)} == {0}
+    draws = {tg.pick_next_token(logits, 50.0, 3, gen).item() for _ in range(300)}
     assert draws == {0, 7, 14}  # a high temperature reaches every kept token, and only those
     # logits / 1e-37 overflow float32 to +-inf, and softmax of inf is NaN: the sampler must not divide first
-    tiny = sample.pick_next_token(torch.tensor([[0.0, 100.0, -100.0, 99.0]]), 1e-37, 0, gen)
+    tiny = tg.pick_next_token(torch.tensor([[0.0, 100.0, -100.0, 99.0]]), 1e-37, 0, gen)
     assert tiny.item() == 1
 
 
@@ -172,11 +173,11 @@ def test_next_token_logits_are_the_forward_pass_with_the_final_window(byte_shard
     model = tg.make_model(hp).eval()
     idx = torch.randint(1, 256, (2, 200), generator=torch.Generator().manual_seed(0))
     idx[0, 50] = 0  # a document starts inside the first row: attention must not cross it
-    window = sample.final_window(hp)
+    window = tg.window_size(hp, hp.num_iterations)
     assert window == 128
     with torch.no_grad():
         want = model(idx, window=window)[:, -1, :hp.vocab_size]
-        got = sample.next_token_logits(model, idx, window)
+        got = tg.next_token_logits(model, idx, window)
         unwindowed = model(idx)[:, -1, :hp.vocab_size]
     torch.testing.assert_close(got, want)
     assert not torch.allclose(got, unwindowed, rtol=1e-4, atol=1e-6)  # the window matters here
@@ -185,18 +186,18 @@ def test_next_token_logits_are_the_forward_pass_with_the_final_window(byte_shard
 def test_generate_conditions_on_the_last_seq_len_tokens(trained, monkeypatch):
     model, record = load(trained("lipschitz"))
     seen = []
-    real = sample.next_token_logits
+    real = tg.next_token_logits
 
     def spy(model, idx, window):
         seen.append((idx.shape[1], window))
         return real(model, idx, window)
 
-    monkeypatch.setattr(sample, "next_token_logits", spy)
-    out = sample.generate(model, torch.tensor([[1, 2, 3]]), 70, 0.8, 0, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(tg, "next_token_logits", spy)
+    out = tg.generate(model, torch.tensor([[1, 2, 3]]), 70, 0.8, 0, torch.Generator().manual_seed(0))
     assert out.shape == (1, 73) and out[0, :3].tolist() == [1, 2, 3]
     T = model.hp.seq_len
     assert [t for t, _ in seen] == [min(3 + i, T) for i in range(70)]
-    assert {w for _, w in seen} == {sample.final_window(model.hp)}
+    assert {w for _, w in seen} == {tg.window_size(model.hp, model.hp.num_iterations)}
 
 
 # ----------------------------------------------------------------------------- tokenizer sources
@@ -224,9 +225,9 @@ def test_checkpoint_without_record_uses_its_shards_meta(char_shards, tmp_path, c
 def test_gpt2_tokenizer_unavailable_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(shakespeare, "_unreachable_reason", lambda url, timeout: "offline (test)")
-    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=tg.GPT2_VOCAB, bos_token=50256)
+    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=shakespeare.GPT2_VOCAB, bos_token=50256)
     path = str(tmp_path / "gpt2.pt")
-    tg.save_checkpoint(path, tg.make_model(hp), [], hp, 0, 0.0, tokenizer={"tokenizer": "gpt2", "vocab_size": 50257})
+    rc.save_checkpoint(path, tg.make_model(hp), [], hp, 0, 0.0, tokenizer={"tokenizer": "gpt2", "vocab_size": 50257})
     code, out, err = run_main([path, "--max_new_tokens=5"], capsys)
     assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert "GPT-2 tokenizer" in err or "tiktoken" in err

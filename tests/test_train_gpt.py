@@ -1,6 +1,7 @@
 """train_gpt.py end to end on CPU: the smoke preset with 1 process and with torchrun (gloo), the log
 format, caps at every validation, exact resume, clear errors; FlexAttention vs SDPA masks."""
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -16,8 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import constraints
+import flags
+import lm_head
+import run_control as rc
 import train_gpt as tg
-from tools import compare
+from tools import runlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
@@ -38,9 +42,9 @@ def smoke_args(shards, tmp_path, *extra):
 
 
 def parse_log(path):
-    """-> (validation metrics by step, train-line count), read by tools/compare.py's parser; each step line
+    """-> (validation metrics by step, train-line count), read by tools/runlog.py; each step line
     must also have exactly the speedrun's format."""
-    run = compare.parse_log(path)
+    run = runlog.parse_log(path)
     for line in run.step_lines:
         rest = line.split(" ", 1)[1]
         if rest.startswith("train_loss:"):
@@ -84,25 +88,6 @@ def test_hyperparameters_from_args():
         tg.Hyperparameters.from_args(["--w_max=big"])
     with pytest.raises(ValueError, match="--preset=nope: unknown"):
         tg.Hyperparameters.from_args(["--preset=nope"])
-
-
-@pytest.mark.parametrize("bos,window", [(-1, 0), (-1, 5), (0, 0), (0, 7)])
-def test_flex_attention_matches_sdpa(bos, window):
-    torch.manual_seed(0)
-    B, H, T, D = 2, 2, 32, 16
-    idx = torch.randint(0, 4, (B, T))  # token 0 starts documents when bos == 0
-    q, k, v = (torch.randn(B, H, T, D) for _ in range(3))
-    sdpa = tg.AttentionMask(idx, bos, window, flex=False).attend(q, k, v, scale=0.3)
-    flex = tg.AttentionMask(idx, bos, window, flex=True).attend(q, k, v, scale=0.3)
-    torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
-
-
-def test_document_mask_semantics():
-    idx = torch.tensor([[5, 0, 3, 4, 0, 2]])  # bos = 0 at positions 1 and 4
-    mask = tg.dense_mask(tg.attention_mask_mod((idx == 0).cumsum(1), window=2), 1, 6, "cpu")[0, 0]
-    expected = torch.tensor([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 1, 1, 0, 0, 0],
-                             [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
-    assert torch.equal(mask, expected)
 
 
 def test_model_init_is_capped_and_lipschitz():
@@ -166,8 +151,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path, monkey
     """The loss turns NaN at step 6: the run stops naming the step; the checkpoint of step 5 survives."""
     real_step = tg.train_step
 
-    def poisoned_step(model, optimizers, train, hp, step, *args):
-        loss = real_step(model, optimizers, train, hp, step, *args)
+    def poisoned_step(model, optimizers, train, hp, step, *args, **kw):
+        loss = real_step(model, optimizers, train, hp, step, *args, **kw)
         return loss * float("nan") if step >= 5 else loss
 
     monkeypatch.setattr(tg, "train_step", poisoned_step)
@@ -207,12 +192,12 @@ def test_top_of_file_is_the_gpu_run():
     assert (top.n_layer, top.d_model, top.seq_len, top.vocab_size) == (12, 768, 48 * 1024, 50257)
     gpu_line = next(line for line in open(os.path.join(ROOT, "run.sh")) if "nproc_per_node" in line)
     assert "--preset" not in gpu_line, gpu_line
-    assert tg.preset_overrides(top) == {}
+    assert flags.preset_overrides(top, tg.PRESETS) == {}
 
 
 def test_presets_say_what_they_change():
     hp = tg.Hyperparameters.from_args(["--preset=shakespeare", "--n_layer=5"])
-    changed = tg.preset_overrides(hp)
+    changed = flags.preset_overrides(hp, tg.PRESETS)
     assert changed["d_model"] == 256 and "n_layer" not in changed  # the command line won over the preset
 
 
@@ -240,7 +225,16 @@ def test_help_has_one_line_per_field_with_choices(capsys):
 ])
 def test_bad_combinations_fail_before_step_0(args, flag):
     with pytest.raises(ValueError, match=re.escape(flag)):
-        tg.Hyperparameters.from_args(["--preset=smoke", *args])
+        tg.validate(tg.Hyperparameters.from_args(["--preset=smoke", *args]))
+
+
+def test_checks_run_once_every_value_is_known(shards, tmp_path, monkeypatch):
+    """vocab_size comes from meta.json (256 here): a bos token outside it is refused before anything is built."""
+    monkeypatch.setattr(tg, "make_model", lambda hp: pytest.fail("built a model"))
+    with pytest.raises(ValueError, match=r"--bos_token=300 is not a token of a vocab of 256"):
+        tg.main(smoke_args(shards, tmp_path, "--bos_token=300"))
+    with pytest.raises(ValueError, match=r"--attn_skip_layers=7: only with --arch=speedrun"):
+        tg.validate(tg.Hyperparameters.from_args(["--attn_skip_layers=7"]))
 
 
 def test_soft_cap_coupling_is_checked_before_step_0(shards, tmp_path, monkeypatch):
@@ -277,7 +271,7 @@ def test_corrupt_checkpoints_get_one_line(tmp_path):
     for path, problem in [(garbage, "not a readable checkpoint"), (foreign, "lacks train_ms, hp, optimizers, rng"),
                           (pickled, "not a checkpoint of train_gpt.py"), (tmp_path / "none.pt", "no such")]:
         with pytest.raises((ValueError, FileNotFoundError)) as err:
-            tg.read_checkpoint(str(path), "--resume")
+            rc.read_checkpoint(str(path), "--resume")
         msg = str(err.value)
         assert msg.startswith(f"--resume={path}: ") and problem in msg and "\n" not in msg, msg
         assert "weights_only" not in msg
@@ -290,7 +284,7 @@ def test_success_summary_and_eta(shards, tmp_path, capsys):
     assert f"run summ complete: step 20/20, val_loss {result['val_loss']:.4f}" in out
     assert f"log: {result['log']}" in out and f"checkpoint: {result['checkpoint']}" in out
     assert "certified Lipschitz bound 10^" in out
-    assert "eta:" not in open(result["log"]).read().split(tg.SEPARATOR)[-1]  # the log keeps the speedrun's format
+    assert "eta:" not in open(result["log"]).read().split(rc.SEPARATOR)[-1]  # the log keeps the speedrun's format
 
 
 def _start_smoke(shards, tmp_path, *extra):
@@ -313,7 +307,7 @@ def test_signal_saves_checkpoint_and_says_how_to_resume(shards, tmp_path, sig):
     assert proc.returncode == 128 + sig, (out, err)
     assert "Traceback" not in err, err
     ckpt = os.path.join(tmp_path, "ckpt", "sig.pt")
-    state = tg.read_checkpoint(ckpt)
+    state = rc.read_checkpoint(ckpt)
     assert state["step"] >= 2
     assert f"stopped by {signal.Signals(sig).name} at step {state['step']}/5000; checkpoint {ckpt}" in out
     (hint,) = [line for line in out.splitlines() if line.startswith("continue with: ")]
@@ -322,16 +316,16 @@ def test_signal_saves_checkpoint_and_says_how_to_resume(shards, tmp_path, sig):
                              capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed run sig from step {state['step']}/5000" in resumed.stdout
-    assert tg.read_checkpoint(ckpt)["step"] == state["step"] + 1
+    assert rc.read_checkpoint(ckpt)["step"] == state["step"] + 1
 
 
 def test_timed_checkpoints(shards, tmp_path, monkeypatch):
     """checkpoint_minutes: a checkpoint whenever that much wall time passed (here: a clock that jumps)."""
     clock = itertools.count(0.0, 3600.0)
-    monkeypatch.setattr(tg.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(rc.time, "monotonic", lambda: next(clock))
     saved_steps = []
-    real_save = tg.save_checkpoint
-    monkeypatch.setattr(tg, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
+    real_save = rc.save_checkpoint
+    monkeypatch.setattr(rc, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
                                                                                  real_save(path, m, o, hp, step, *a)))
     tg.main(smoke_args(shards, tmp_path, "--run_id=timed", "--num_iterations=4", "--checkpoint_minutes=30"))
     assert saved_steps == [1, 2, 3, 4]
@@ -341,10 +335,10 @@ def test_a_timed_checkpoint_is_taken_once_between_log_steps(shards, tmp_path, mo
     """The clock passes checkpoint_minutes once, at step 3 of 20 (log_every 10): one checkpoint there, at
     the step that was due (the host syncs for it), and none again until the end."""
     calls = itertools.count()
-    monkeypatch.setattr(tg.time, "monotonic", lambda: 0.0 if next(calls) < 4 else 3600.0)
+    monkeypatch.setattr(rc.time, "monotonic", lambda: 0.0 if next(calls) < 4 else 3600.0)
     saved_steps = []
-    real_save = tg.save_checkpoint
-    monkeypatch.setattr(tg, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
+    real_save = rc.save_checkpoint
+    monkeypatch.setattr(rc, "save_checkpoint", lambda path, m, o, hp, step, *a: (saved_steps.append(step),
                                                                                  real_save(path, m, o, hp, step, *a)))
     tg.main(smoke_args(shards, tmp_path, "--run_id=once", "--num_iterations=20", "--checkpoint_minutes=30"))
     assert saved_steps == [4, 20]  # due when step 4 ends (the clock's 5th reading), saved before step 5
@@ -375,7 +369,7 @@ def test_adamw_constraint_gets_lr_decay_and_state(shards, tmp_path, monkeypatch)
     states = [kw["state"] for _, _, kw in calls]
     assert states[0] is states[n_mat] is states[2 * n_mat]  # warm starts carry over between steps
     assert isinstance(states[0], dict)  # empty unless the method is PROPERTIES[...].stateful
-    saved = tg.read_checkpoint(result["checkpoint"])["optimizers"][0]["state"]
+    saved = rc.read_checkpoint(result["checkpoint"])["optimizers"][0]["state"]
     assert any("constraint" in s for s in saved.values())  # ... and are checkpointed
 
 
@@ -405,9 +399,9 @@ def test_compiled_loss_matches_eager(monkeypatch, chunks):
     """The compiled graph (embedding -> loss) computes the eager loss and gradients (float32, same ops;
     1e-5 relative covers inductor's reordered reductions), with the loss in one chunk or in three (the last
     one shorter)."""
-    monkeypatch.setattr(tg, "LOSS_CHUNK_BYTES", 4 * 256 * (128 // chunks + 1))
+    monkeypatch.setattr(lm_head, "LOSS_CHUNK_BYTES", 4 * 256 * (128 // chunks + 1))
     model, idx, mask = smoke_model_and_batch()
-    eager_fns, compiled_fns = tg.model_fns(model, compile=False), tg.model_fns(model, compile=True)
+    eager_fns, compiled_fns = tg.model_fns(model, compiled=False), tg.model_fns(model, compiled=True)
     losses, grads = [], []
     for fns in (eager_fns, compiled_fns):
         model.zero_grad()
@@ -466,17 +460,20 @@ def test_second_signal_ends_the_process_at_once_inside_a_long_step(shards, tmp_p
 
 
 def test_a_step_that_cannot_fit_is_refused_before_anything_is_built(shards, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tg, "free_memory_bytes", lambda device: 8 * 2 ** 30)
+    monkeypatch.setattr(rc, "free_memory_bytes", lambda device: 8 * 2 ** 30)
     monkeypatch.setattr(tg, "make_model", lambda hp: pytest.fail("built a model"))
+    big = ("--seq_len=100000", "--val_tokens=100000")
     with pytest.raises(ValueError) as e:
-        tg.main(smoke_args(shards, tmp_path, "--seq_len=100000"))
+        tg.main(smoke_args(shards, tmp_path, *big))
     msg = str(e.value)
     assert "\n" not in msg and "8.0 GiB is free" in msg and "--micro_batch_size=16" in msg and "--seq_len=100000" in msg
     # the same run is allowed when the check is off, or when memory suffices
-    hp = tg.Hyperparameters.from_args(smoke_args(shards, tmp_path, "--seq_len=100000", "--memory_check=0"))
-    tg.check_step_fits(dataclasses.replace(hp, vocab_size=256), 1, torch.device("cpu"), "fp32")
-    monkeypatch.setattr(tg, "free_memory_bytes", lambda device: 64 * 2 ** 30)
-    tg.check_step_fits(dataclasses.replace(hp, vocab_size=256, memory_check=1), 1, torch.device("cpu"), "fp32")
+    hp = tg.Hyperparameters.from_args(smoke_args(shards, tmp_path, *big, "--memory_check=0"))
+    hp.vocab_size = 256
+    ctx = tg.Context.local(hp, torch.device("cpu"), contextlib.nullcontext())
+    tg.check_step(hp, ctx)
+    monkeypatch.setattr(rc, "free_memory_bytes", lambda device: 64 * 2 ** 30)
+    tg.check_step(dataclasses.replace(hp, memory_check=1), ctx)
 
 
 MEMORY_PROBE = """
@@ -495,9 +492,9 @@ model = tg.make_model(hp)
 optimizers = tg.make_optimizers(model, hp)
 amp, _ = tg.autocast_for(hp, cpu)
 before = peak_rss()
-tg.train_step(model, optimizers, train, hp, 0, 0, 1, cpu, amp)
+tg.train_step(model, optimizers, train, hp, 0, tg.Context.local(hp, cpu, amp))
 peak = peak_rss()
-print((peak - before) / sum(tg.step_memory_bytes(hp, 1, cpu, "fp32").values()))
+print((peak - before) / sum(tg.step_memory_bytes(hp, hp.micro_batch_size, "fp32", False).values()))
 """
 
 
@@ -518,33 +515,22 @@ def test_step_memory_estimate_is_within_2x_of_the_measured_peak(shards, tmp_path
 def test_time_estimate_and_sample_on_the_console_only(shards, tmp_path, capsys):
     result = tg.main(smoke_args(shards, tmp_path, "--run_id=est", "--num_iterations=8", "--val_every=4"))
     out = capsys.readouterr().out
-    assert re.search(r"^time estimate: 5 more steps at [\d.]+ s/step \(first 3 steps\) take about \d+m\d\ds, "
-                     r"plus 2 validations$", out, re.M)
+    assert re.search(r"^time estimate: 5 more steps at [\d.]+ s/step \(first 3 steps\) and \d+ validations at "
+                     r"about [\d.]+ s take about \d+m\d\ds$", out, re.M), out
+    assert re.search(r"^step time estimate: about [\d.]+ s per step", out, re.M), out
     head, sample = out.split(f"checkpoint: {result['checkpoint']}\n", 1)
     assert sample.startswith(f"sample (python tools/sample.py {result['checkpoint']} for more):\n")
     assert len(sample.split("\n", 1)[1]) > 50
-    run_lines = open(result["log"]).read().split(tg.SEPARATOR)[-1]
+    run_lines = open(result["log"]).read().split(rc.SEPARATOR)[-1]
     assert "tools/sample.py" not in run_lines and "time estimate" not in run_lines
-
-
-def test_window_tensor_is_made_once_per_value(monkeypatch):
-    """A fresh torch.tensor on CUDA is a blocking copy: masks reuse one tensor per window value."""
-    tg.window_tensor.cache_clear()
-    made = []
-    real = torch.tensor
-    monkeypatch.setattr(tg.torch, "tensor", lambda *a, **k: (made.append(a), real(*a, **k))[1])
-    idx = torch.zeros(2, 32, dtype=torch.long)
-    for window in (8, 8, 16, 8, 16):
-        tg.AttentionMask(idx, 0, window)
-    assert made == [(8,), (16,)]
 
 
 def test_the_host_waits_only_at_log_validation_estimate_and_last_steps(shards, tmp_path, monkeypatch):
     """20 steps, log_every 10, val_every 20: the trainer reads device values (one reduction each) after steps
     3 (the time estimate), 10 and 20 only."""
     synced_after = []
-    real = tg.all_reduce_sum
-    monkeypatch.setattr(tg, "all_reduce_sum", lambda values, *a: (synced_after.append(len(values) - 2),
+    real = rc.all_reduce_sum
+    monkeypatch.setattr(rc, "all_reduce_sum", lambda values, *a: (synced_after.append(len(values) - 2),
                                                                    real(values, *a))[1])
     tg.main(smoke_args(shards, tmp_path, "--run_id=syncs", "--num_iterations=20", "--val_every=20",
                        "--checkpoint_minutes=0"))
@@ -553,50 +539,7 @@ def test_the_host_waits_only_at_log_validation_estimate_and_last_steps(shards, t
     assert synced_after == [1, 3, 7, 10, 1]
 
 
-# ----------------------------------------------------------------------------- the chunked loss
-
-def reference_loss(h, weight, targets, vocab_size, scale, softcap):
-    return F.cross_entropy(tg.head_logits(h, weight, scale, softcap)[:, :vocab_size], targets)
-
-
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 40), vocab=st.integers(2, 70), pad=st.integers(0, 9), chunk=st.integers(1, 50),
-       softcap=st.sampled_from([0.0, 2.0, 30.0]), scale=st.floats(0.25, 8.0), seed=st.integers(0, 2 ** 16))
-def test_chunked_cross_entropy_is_cross_entropy(n, vocab, pad, chunk, softcap, scale, seed):
-    """Loss and both gradients equal autograd through F.cross_entropy on the full logits, in float64 (1e-10:
-    only summation order differs), for every chunking, padding and logit map; the padded rows get no gradient."""
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    w = (3 * torch.randn(vocab + pad, 5, generator=g, dtype=torch.float64)).requires_grad_()
-    t = torch.randint(0, vocab, (n,), generator=g)
-    want = reference_loss(h, w, t, vocab, scale, softcap)
-    got = tg.ChunkedLinearCrossEntropy.apply(h, w, t, vocab, scale, softcap, chunk)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, b in zip(torch.autograd.grad(0.7 * got, (h, w)), torch.autograd.grad(0.7 * want, (h, w))):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    with torch.no_grad():
-        loss_sum, correct = tg.chunked_loss_sums(h, w, t, vocab, scale, softcap, chunk)
-        logits = tg.head_logits(h, w, scale, softcap)[:, :vocab]
-    torch.testing.assert_close(loss_sum, n * want.detach(), rtol=1e-10, atol=1e-12)
-    assert correct.item() == (logits.argmax(-1) == t).sum().item()
-
-
-def test_chunked_cross_entropy_under_bf16_autocast_tracks_autograd():
-    """Under bf16 autocast the matmuls run in bf16 as autograd's would: loss and gradients agree with autograd
-    through the full logits to bf16 rounding (2e-2 relative on gradients summed over 300 tokens)."""
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(300, 32, generator=g).bfloat16().requires_grad_()
-    w = (0.3 * torch.randn(128, 32, generator=g)).requires_grad_()
-    t = torch.randint(0, 100, (300,), generator=g)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want = reference_loss(h, w, t, 100, 8.0, 0.0)
-        got = tg.ChunkedLinearCrossEntropy.apply(h, w, t, 100, 8.0, 0.0, 70)
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
-    (gh, gw), (wh, ww) = torch.autograd.grad(got, (h, w)), torch.autograd.grad(want, (h, w))
-    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
-    for a, b in ((gh, wh), (gw, ww)):
-        assert (a.float() - b.float()).norm() <= 2e-2 * b.float().norm()
-
+# ----------------------------------------------------------------------------- the model's loss
 
 def test_training_loss_keeps_no_tokens_by_vocab_tensor(monkeypatch):
     """With the loss in chunks, autograd saves nothing with a vocab dimension but the lm_head's gradient: the
@@ -604,7 +547,7 @@ def test_training_loss_keeps_no_tokens_by_vocab_tensor(monkeypatch):
     size no other tensor of the smoke model has."""
     hp = tg.Hyperparameters.from_preset("smoke", vocab_size=300, seq_len=32)
     model = tg.make_model(hp)
-    monkeypatch.setattr(tg, "LOSS_CHUNK_BYTES", 4 * 320 * 16)  # 16-token chunks of 128 tokens
+    monkeypatch.setattr(lm_head, "LOSS_CHUNK_BYTES", 4 * 320 * 16)  # 16-token chunks of 128 tokens
     idx = torch.randint(0, 300, (4, 33))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.shape) or x, lambda x: x):
@@ -628,13 +571,13 @@ def test_loss_without_grad_is_the_training_loss():
 def test_compile_auto_compiles_on_cuda_and_long_cpu_runs_with_a_compiler(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     hp = lambda **kw: tg.Hyperparameters.from_preset("shakespeare", **kw)  # noqa: E731
-    monkeypatch.setattr(tg.shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert tg.compile_choice(hp(), cuda)[0] and tg.compile_choice(hp(), cpu) == (True, "auto: a CPU run of 2000 steps, g++ found")
-    assert not tg.compile_choice(hp(num_iterations=tg.COMPILE_MIN_CPU_STEPS - 1), cpu)[0]
-    assert tg.compile_choice(hp(num_iterations=10, compile="yes"), cpu) == (True, "--compile=yes")
-    assert tg.compile_choice(hp(compile="no"), cuda) == (False, "--compile=no")
-    monkeypatch.setattr(tg.shutil, "which", lambda name: None)
-    compiled, why = tg.compile_choice(hp(), cpu)
+    monkeypatch.setattr(rc.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert rc.compile_choice(hp(), cuda)[0] and rc.compile_choice(hp(), cpu) == (True, "auto: a CPU run of 2000 steps, g++ found")
+    assert not rc.compile_choice(hp(num_iterations=rc.COMPILE_MIN_CPU_STEPS - 1), cpu)[0]
+    assert rc.compile_choice(hp(num_iterations=10, compile="yes"), cpu) == (True, "--compile=yes")
+    assert rc.compile_choice(hp(compile="no"), cuda) == (False, "--compile=no")
+    monkeypatch.setattr(rc.shutil, "which", lambda name: None)
+    compiled, why = rc.compile_choice(hp(), cpu)
     assert not compiled and "no C++ compiler (g++)" in why and "install g++" in why
 
 
@@ -651,7 +594,7 @@ def test_a_cpu_toolchain_that_cannot_compile_falls_back_to_eager(shards, tmp_pat
             fns.loss = lambda *a: (_ for _ in ()).throw(failure)
         return fns
     monkeypatch.setattr(tg, "model_fns", failing_when_compiled)
-    monkeypatch.setattr(tg, "compile_choice", lambda hp, device: (hp.compile != "no", "test"))
+    monkeypatch.setattr(rc, "compile_choice", lambda hp, device: (hp.compile != "no", "test"))
     result = tg.main(smoke_args(shards, tmp_path, "--run_id=fallback", "--num_iterations=3", "--val_every=3"))
     log = open(result["log"]).read()
     assert "torch.compile: no (auto: compiling failed (backend='?' raised: RuntimeError: InvalidCxxCompiler" in log

@@ -44,7 +44,6 @@ import train_gpt as tg  # noqa: E402
 from data import shakespeare  # noqa: E402
 from tools.cli import Parser, UsageError, int_at_least, one_line  # noqa: E402
 
-GPT2_EOT_TEXT = "<|endoftext|>"  # the one special token of GPT-2 BPE: a prompt may write it to start a document
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -64,30 +63,6 @@ def check_tokenizer(tokenizer: dict, hp: tg.Hyperparameters) -> None:
                          f"record does not belong to this model (were its shards rebuilt since?)")
 
 
-def encoder(tokenizer: dict) -> Callable[[str], list[int]]:
-    """text -> token ids, the inverse of data.shakespeare.decoder(tokenizer) on text: byte = the UTF-8 bytes,
-    char = each character's position in tokenizer["chars"] (ValueError naming characters outside it), gpt2 =
-    tiktoken's BPE, where the text "<|endoftext|>" is the document-start token 50256 (as in the shards)."""
-    kind = tokenizer.get("tokenizer")
-    if kind == "byte":
-        return lambda text: list(text.encode("utf-8"))
-    if kind == "char":
-        ids = {c: i for i, c in enumerate(tokenizer["chars"])}
-
-        def encode_chars(text: str) -> list[int]:
-            unknown = sorted(set(text) - ids.keys())
-            if unknown:
-                raise ValueError(f"the prompt has {len(unknown)} character(s) outside the model's "
-                                 f"{len(ids)}-character vocabulary: {' '.join(map(repr, unknown))}")
-            return [ids[c] for c in text]
-
-        return encode_chars
-    if kind == "gpt2":
-        enc = shakespeare.load_gpt2_encoding()
-        return lambda text: enc.encode(text, allowed_special={GPT2_EOT_TEXT})
-    raise ValueError(f"no encoder for tokenizer {kind!r}")
-
-
 def checkpoint_tokenizer(state: dict, hp: tg.Hyperparameters, path: str) -> dict:
     """The checkpoint's tokenizer record; for checkpoints saved before records existed, the one its training
     shards describe (train_gpt.tokenizer_record reads their meta.json). One-line ValueError when neither is
@@ -96,7 +71,7 @@ def checkpoint_tokenizer(state: dict, hp: tg.Hyperparameters, path: str) -> dict
     if record:
         return record
     try:
-        record = tg.tokenizer_record(hp)
+        record = tg.tokenizer_record(hp.train_files, hp.vocab_size)
     except FileNotFoundError:
         raise ValueError(f"{path}: the checkpoint does not record its tokenizer (it predates tokenizer records) "
                          f"and its training shards {hp.train_files!r} are not here to tell") from None
@@ -126,60 +101,7 @@ def prompt_tokens(prompt: str | None, encode: Callable[[str], list[int]], hp: tg
     return ids
 
 
-# ----------------------------------------------------------------------------- generation
-
-def next_token_logits(model: tg.GPT, idx: torch.Tensor, window: int) -> torch.Tensor:
-    """idx (B, T) int64, T <= hp.seq_len -> float32 logits (B, vocab_size) of the token after each row.
-
-    The model's forward pass with the attention window it was validated with, but always the SDPA backend
-    (flex=False): on CUDA, forward() builds a FlexAttention block mask with a shape-static compiled function,
-    which would recompile for every new length T."""
-    mask = tg.AttentionMask(idx, model.hp.bos_token, window, flex=False)
-    logits = model.logits_from_embeddings(model.embed(idx), mask)
-    return logits[:, -1, :model.hp.vocab_size].float()
-
-
-def keep_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """logits (B, V) with all but the k largest of each row set to -inf. Exactly k survive: ties are broken
-    toward the lower token id (a stable sort), as argmax breaks them, so top_k=1 picks the greedy token."""
-    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices
-    return logits.scatter(-1, order[:, k:], float("-inf"))
-
-
-def pick_next_token(logits: torch.Tensor, temperature: float, top_k: int,
-                    generator: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V) -> (B, 1) int64 token ids: the argmax for temperature 0, else a draw from
-    softmax(logits / temperature) over the top_k most likely tokens (all for top_k 0 or >= V)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    if 0 < top_k < logits.size(-1):
-        logits = keep_top_k(logits, top_k)
-    # subtract the max before dividing: a tiny temperature then sends the others to -inf, never the max to
-    # +inf (inf - inf would make softmax NaN)
-    scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
-
-
-def final_window(hp: tg.Hyperparameters) -> int:
-    """The attention window of the finished model (0 = full causal): the one its last validation used."""
-    return tg.window_size(hp, hp.num_iterations)
-
-
-@torch.no_grad()
-def generate(model: tg.GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int,
-             generator: torch.Generator | None, *, window: int | None = None) -> torch.Tensor:
-    """idx (B, T) int64 on the model's device -> (B, T + max_new_tokens): idx followed by the tokens drawn one
-    at a time (pick_next_token), each conditioned on the last hp.seq_len tokens (the context the model was
-    trained on). `generator` (on idx's device; None = torch's global one) is the only source of randomness.
-    `window`: the attention window, default the finished run's (final_window). Runs under the caller's
-    autocast, if any; no KV cache (see the module docstring)."""
-    hp = model.hp
-    window = final_window(hp) if window is None else window
-    for _ in range(max_new_tokens):
-        logits = next_token_logits(model, idx[:, -hp.seq_len:], window)
-        idx = torch.cat((idx, pick_next_token(logits, temperature, top_k, generator)), dim=1)
-    return idx
-
+# ----------------------------------------------------------------------------- generation (train_gpt.generate)
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int, num_samples: int) -> None:
     """ValueError (one line) naming the first argument out of range."""
@@ -212,13 +134,13 @@ def sample_text(model: tg.GPT, tokenizer: dict, *, prompt: str | None = None, ma
     check_sampling(max_new_tokens, temperature, top_k, num_samples)
     check_tokenizer(tokenizer, hp)
     device = torch.device(device) if device is not None else model_device(model)
-    encode, decode = encoder(tokenizer), shakespeare.decoder(tokenizer)
+    encode, decode = shakespeare.encoder(tokenizer), shakespeare.decoder(tokenizer)
     ids = prompt_tokens(prompt, encode, hp)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     amp = tg.autocast_for(hp, device)[0] if device.type == "cuda" else contextlib.nullcontext()
     with amp:
-        out = generate(model, idx, max_new_tokens, temperature, top_k, generator, window=window)
+        out = tg.generate(model, idx, max_new_tokens, temperature, top_k, generator, window=window)
     return [decode(row) for row in out[:, len(ids):].tolist()]
 
 
