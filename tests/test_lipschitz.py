@@ -649,3 +649,14 @@ def test_empirical_ratio_checks_inputs_and_mutates_nothing():
         L.worst_pair(model, steps=0)
     with pytest.raises(ValueError, match="speedrun"):
         L.worst_pair(tg.make_model(make_hp(arch="speedrun")))
+
+
+def test_zero_init_out_off_gives_out_projections_of_rms_norm_one():
+    """--zero_init_out=0: the out projections and the lm_head start semi-orthogonal, RMS->RMS norm 1 like the
+    other matrices (by lipschitz.rms_op_norms and by an SVD), so the bound at init is not 0."""
+    model = tg.make_model(make_hp(n_layer=2, zero_init_out=0))
+    for w in [b.attn.o.weight for b in model.blocks] + [b.mlp.proj.weight for b in model.blocks] + [model.lm_head.weight]:
+        s = torch.linalg.svdvals(w.detach().double())
+        assert math.sqrt(w.shape[1] / w.shape[0]) * s.max().item() == pytest.approx(1.0, rel=1e-5)
+        assert L.rms_op_norms(w).item() == pytest.approx(1.0, rel=1e-5)
+    assert L.bound_report(model)["bound"] > 0

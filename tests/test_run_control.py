@@ -64,9 +64,9 @@ def test_a_checkpoint_from_before_the_split_resumes_exactly(shards, tmp_path, on
 
 def test_a_signal_inside_a_step_stops_at_the_next_micro_batch_and_resumes_exactly(shards, tmp_path, monkeypatch,
                                                                                   one_thread):
-    """24 micro-batches per step; SIGINT arrives during the 5th micro-batch of step 3. The run stops before the
-    6th, drops the partial gradient, checkpoints step 3 (the last completed) and says how to continue; the
-    resumed run ends with the weights of an uninterrupted one."""
+    """24 micro-batches per step; SIGINT arrives as the 5th micro-batch of step 4 (index 3) is drawn. The run
+    trains on no more of them, drops the partial gradient, checkpoints step 3 (the last completed) and says
+    how to continue; the resumed run ends with the weights of an uninterrupted one."""
     common = ["--preset=smoke", "--num_iterations=6", "--val_every=3", "--log_every=1", "--dtype=fp32",
               "--compile=no", "--batch_size=24", "--micro_batch_size=1", "--checkpoint_minutes=0",
               *data_args(shards, tmp_path)]
@@ -84,7 +84,7 @@ def test_a_signal_inside_a_step_stops_at_the_next_micro_batch_and_resumes_exactl
     monkeypatch.setattr(tg, "micro_batches", signalling)
     part = tg.main(common + ["--run_id=part"])
     assert part["stopped"] == "SIGINT" and part["step"] == 3
-    assert seen[-1] == (3, 5)  # the 6th micro-batch was drawn, never trained on
+    assert seen[-1] == (3, 4)  # the 5th micro-batch was drawn, never trained on
     assert rc.read_checkpoint(part["checkpoint"])["step"] == 3
     monkeypatch.setattr(tg, "micro_batches", real)
     tg.main(common + ["--run_id=part", f"--resume={part['checkpoint']}"])
@@ -100,7 +100,7 @@ sys.path.insert(0, {root!r})
 import train_gpt as tg
 real = tg.GPT.loss
 def slow(self, *a):
-    if self.hp.run_id == "slow" and getattr(tg, "_steps", 0) >= 2:
+    if self.hp.run_id == "slow" and getattr(tg, "_steps", 0) >= 4:  # 2 calls of the step-time probe, 2 steps
         print("SLOW", flush=True)
         time.sleep(120)  # one micro-batch far longer than the grace period
     tg._steps = getattr(tg, "_steps", 0) + 1
@@ -182,3 +182,25 @@ def test_old_checkpoint_fields_are_filled_with_what_reproduces_them():
     with pytest.raises(ValueError, match="trained with --blocks_mass"):
         rc.current_fields({"blocks_mass": 0.5}, "x.pt")
     assert set(rc.ADDED_FIELDS) <= {f for f in tg.Hyperparameters.__dataclass_fields__}
+
+
+def test_retired_flags_are_gone_and_old_checkpoints_with_them_off_still_load(tmp_path):
+    """blocks_mass, residual_lr_decay and embed_grad_norm_max left train_gpt.py; a checkpoint that carries
+    them at their "off" values loads, one trained with them on is refused in one line."""
+    for flag in ("--blocks_mass=5", "--residual_lr_decay=0.5", "--embed_grad_norm_max=10"):
+        with pytest.raises(ValueError, match="unknown hyperparameter " + flag.split("=")[0]):
+            tg.Hyperparameters.from_args([flag])
+    h = tg.Hyperparameters.from_preset("smoke", n_layer=2, n_head=2, head_dim=16, d_model=32, vocab_size=64,
+                                       seq_len=16, batch_size=2, micro_batch_size=2)
+    model = tg.make_model(h)
+    path = str(tmp_path / "old.pt")
+    rc.save_checkpoint(path, model, [], h, 0, 0.0)
+    state = torch.load(path, weights_only=True)
+    state["hp"].update(blocks_mass=0.0, residual_lr_decay=1.0, embed_grad_norm_max=0.0)
+    torch.save(state, path)
+    loaded, _ = tg.model_from_checkpoint(path)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    state["hp"]["residual_lr_decay"] = 0.5
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="trained with --residual_lr_decay"):
+        tg.model_from_checkpoint(path)
