@@ -181,12 +181,20 @@ def robustness_of_tiny(tiny) -> str:
 
 
 def check_robustness_report(tiny, proc):
-    (row,) = table_rows(proc.stdout, "smoke")
+    accuracies, kept, margins = proc.stdout.split("\n\n")[:5:2]
+    (row,) = table_rows(accuracies, "smoke")
     assert row[1] == "5"  # the run's last step: not preliminary
     assert row[2].startswith("10^") and 0 <= float(row[3]) <= 1
     for cell in row[4:6]:
         attacked, certified = (float(v) for v in cell.split(" / "))
         assert 0 <= certified <= attacked <= float(row[3])
+    (k,) = table_rows(kept, "smoke")
+    assert [float(c) for c in k[2:]] == pytest.approx([float(c.split(" / ")[0]) / float(row[3]) for c in row[4:6]],
+                                                      abs=1e-3)
+    (m,) = table_rows(margins, "smoke")
+    for cell in m[1:]:
+        found, bound = (float(v) for v in cell.split(" / "))
+        assert 0 <= found <= bound
     out = tiny.dir / "robustness"
     assert (out / "table.md").read_text() == proc.stdout
     assert (out / "accuracy_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -247,7 +247,7 @@ def test_cli_table_json_and_progress(trained, capsys):
     out, err = capsys.readouterr()
     rows = [line for line in out.splitlines() if line.startswith("| w2.pt")]
     assert [r.split("|")[3].strip() for r in rows] == ["0.01", "0.1"]  # ascending
-    assert "robustness.py: w2.pt: windows 2/2" in err
+    assert "robustness.py: w2.pt: windows 1-2 of 2, eps 0.1:" in err
     assert R.main(args + ["--json", "--data", str(trained.shards)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["eps"] == [0.01, 0.1]

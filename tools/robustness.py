@@ -339,8 +339,9 @@ def evaluate_checkpoint(path: str, eps_list: tuple[float, ...], tokens: int, res
             c["certified_but_flipped"] += int((certified & flipped).sum())
             drop = (clean_margin - res.min_margin)[correct]
             c["max_margin_drop"] = max(c["max_margin_drop"], drop.max().item() if drop.numel() else 0.0)
-        _say(progress, f"{name}: windows {min(i + batch, len(starts))}/{len(starts)} attacked at every eps "
-                       f"({time.perf_counter() - t0:.0f}s)")
+            _say(progress, f"{name}: windows {i + 1}-{min(i + batch, len(starts))} of {len(starts)}, eps {eps:g}: "
+                           f"{int((correct & ~flipped).sum())} of {int(correct.sum())} right tokens unflipped "
+                           f"({time.perf_counter() - t0:.0f}s)")
     rows = []
     for eps in eps_sorted:
         c, cert = counts[eps], certs[eps]

@@ -5,7 +5,8 @@
 Prints the table and writes DIR/table.md and DIR/accuracy_vs_eps.png (default DIR: this folder). One row per
 checkpoint, ordered by its sharp certified bound (at the embedding radius r; the smallest first): the step it
 reached (marked preliminary when below its num_iterations), clean accuracy, then at each eps "attacked /
-certified" (fractions of the scored val tokens). The plot has one colour per checkpoint: attacked accuracy solid,
+certified" (fractions of the scored val tokens); then the fraction of right tokens kept (attacked / clean)
+at each eps, and the largest logit-margin drop found against the certificate's margin bound M. The plot has one colour per checkpoint: attacked accuracy solid,
 certified dotted, clean as a dashed level; eps on a log axis.
 """
 from __future__ import annotations
@@ -63,6 +64,19 @@ def fmt_log10(value) -> str:
     return f"10^{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "none (inf)"
 
 
+def kept(row: dict) -> float | None:
+    """attacked / clean at one eps (None when nothing was right when clean)."""
+    return row["attacked"] / row["clean"] if row["clean"] > 0 else None
+
+
+def margin_cell(row: dict | None) -> str:
+    """"found / M": the largest margin drop found and the certificate's margin bound (M null: no bound)."""
+    if row is None:
+        return "-"
+    M = row["margin_bound"]
+    return f"{row['max_margin_drop']:.3g} / " + (f"{M:.3g}" if isinstance(M, (int, float)) else "inf")
+
+
 def table(results: list[dict]) -> str:
     """The markdown table (module docstring); the eps columns are the union over checkpoints, ascending."""
     eps_all = sorted({row["eps"] for r in results for row in r["rows"]})
@@ -75,6 +89,20 @@ def table(results: list[dict]) -> str:
         cells += [f"{by_eps[e]['attacked']:.4f} / {by_eps[e]['certified']:.4f}" if e in by_eps else "-"
                   for e in eps_all]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Kept: attacked / clean, the fraction of the right tokens that no perturbation found flips.", "",
+              "| run | sharp bound at r | " + " | ".join(f"kept at eps {e:g}" for e in eps_all) + " |",
+              "|" + "---|" * (2 + len(eps_all))]
+    for r in sorted(results, key=bound_key):
+        by_eps = {row["eps"]: row for row in r["rows"]}
+        lines.append(f"| {name(r)} | {fmt_log10(r.get('log10_bound_sharp'))} | " + " | ".join(
+            f"{kept(by_eps[e]):.3f}" if e in by_eps and kept(by_eps[e]) is not None else "-" for e in eps_all) + " |")
+    if all("max_margin_drop" in row and "margin_bound" in row for r in results for row in r["rows"]):
+        lines += ["", "Largest logit-margin drop the attack found, against the most the certificate allows "
+                  "(M = sqrt(2 V_pad) L(r + eps) eps): found / M.", "",
+                  "| run | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |", "|" + "---|" * (1 + len(eps_all))]
+        for r in sorted(results, key=bound_key):
+            by_eps = {row["eps"]: row for row in r["rows"]}
+            lines.append(f"| {name(r)} | " + " | ".join(margin_cell(by_eps.get(e)) for e in eps_all) + " |")
     tokens = sorted({r.get("tokens") for r in results} - {None})
     lines.append("")
     lines.append(f"Fractions of the first {', '.join(f'{t:,}' for t in tokens)} val tokens. attacked: right when "
