@@ -93,10 +93,14 @@ def pattern_mod(docs: torch.Tensor | None, chosen: torch.Tensor):
     return mask_mod
 
 
-def dense_mask(mask_mod, B: int, T: int, device) -> torch.Tensor:
-    """(B, 1, T, T) bool from a mask_mod, for SDPA."""
-    pos = torch.arange(T, device=device)
-    return mask_mod(torch.arange(B, device=device)[:, None, None], 0, pos[None, :, None], pos[None, None, :])[:, None]
+def dense_mask(docs: torch.Tensor | None, chosen: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, 1, T, T) bool for SDPA: what pattern_mod(docs, chosen) says of every pair, built from whole blocks
+    (one byte per pair; evaluating the mask_mod on a broadcast grid would index with int64 per pair)."""
+    keep = chosen.repeat_interleave(BLOCK, 1).repeat_interleave(BLOCK, 2)[:, :T, :T]
+    keep &= torch.ones(T, T, dtype=torch.bool, device=chosen.device).tril()
+    if docs is not None:
+        keep &= docs[:, :, None] == docs[:, None, :]
+    return keep[:, None]
 
 
 def window_blocks(window: int, T: int) -> int:
@@ -127,11 +131,10 @@ class AttentionMask:
                     self.masks[kind] = None  # plain causal attention: SDPA's is_causal
                     continue
                 kept = windowed(lists, n)
-                mod = pattern_mod(docs, chosen_blocks(kept))
-                if self.flex:
-                    self.masks[kind] = BlockMask.from_kv_blocks(*kept, BLOCK_SIZE=BLOCK, mask_mod=mod, seq_lengths=(T, T))
-                else:
-                    self.masks[kind] = dense_mask(mod, B, T, idx.device)
+                chosen = chosen_blocks(kept)
+                self.masks[kind] = (BlockMask.from_kv_blocks(*kept, BLOCK_SIZE=BLOCK, mask_mod=pattern_mod(docs, chosen),
+                                                             seq_lengths=(T, T)) if self.flex
+                                    else dense_mask(docs, chosen, T))
 
     def attend(self, q, k, v, scale: float, kind: str = "L"):
         """q, k, v: (B, H, T, D) -> (B, H, T, D), attention over the pattern of layers of `kind`."""

@@ -416,8 +416,9 @@ class StopSignals:
         self.armed = True
 
     def reached_checkpoint(self):
-        """The stop is in hand: the grace period no longer applies."""
-        self.checkpointed.set()
+        """The loop is at a checkpoint: a stop already heard is in hand, and its grace period no longer applies."""
+        if self.heard or self.received:
+            self.checkpointed.set()
 
     def _handle(self, signum, frame):
         self.received = self.received or signum

@@ -756,7 +756,7 @@ def warm_up(model, optimizers, train, hp, ctx: Context, fns: ModelFns, compiled:
                     raise
                 # a CPU toolchain inductor cannot use: train eagerly, as --compile=no would
                 compiled, why = False, f"auto: compiling failed ({' '.join(str(e).split())[:160]}), eager instead"
-                fns = model_fns(model, compile=False)
+                fns = model_fns(model, compiled=False)
     kernels.share_dispatch_choices()  # every rank runs the kernels rank 0 chose
     model.load_state_dict(initial["model"])
     for o, s in zip(optimizers, initial["opts"]):

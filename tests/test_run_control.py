@@ -64,9 +64,9 @@ def test_a_checkpoint_from_before_the_split_resumes_exactly(shards, tmp_path, on
 
 def test_a_signal_inside_a_step_stops_at_the_next_micro_batch_and_resumes_exactly(shards, tmp_path, monkeypatch,
                                                                                   one_thread):
-    """24 micro-batches per step; SIGINT arrives during the 5th micro-batch of step 3. The run stops before the
-    6th, drops the partial gradient, checkpoints step 3 (the last completed) and says how to continue; the
-    resumed run ends with the weights of an uninterrupted one."""
+    """24 micro-batches per step; SIGINT arrives as the 5th micro-batch of step 4 (index 3) is drawn. The run
+    trains on no more of them, drops the partial gradient, checkpoints step 3 (the last completed) and says
+    how to continue; the resumed run ends with the weights of an uninterrupted one."""
     common = ["--preset=smoke", "--num_iterations=6", "--val_every=3", "--log_every=1", "--dtype=fp32",
               "--compile=no", "--batch_size=24", "--micro_batch_size=1", "--checkpoint_minutes=0",
               *data_args(shards, tmp_path)]
@@ -84,7 +84,7 @@ def test_a_signal_inside_a_step_stops_at_the_next_micro_batch_and_resumes_exactl
     monkeypatch.setattr(tg, "micro_batches", signalling)
     part = tg.main(common + ["--run_id=part"])
     assert part["stopped"] == "SIGINT" and part["step"] == 3
-    assert seen[-1] == (3, 5)  # the 6th micro-batch was drawn, never trained on
+    assert seen[-1] == (3, 4)  # the 5th micro-batch was drawn, never trained on
     assert rc.read_checkpoint(part["checkpoint"])["step"] == 3
     monkeypatch.setattr(tg, "micro_batches", real)
     tg.main(common + ["--run_id=part", f"--resume={part['checkpoint']}"])
@@ -100,7 +100,7 @@ sys.path.insert(0, {root!r})
 import train_gpt as tg
 real = tg.GPT.loss
 def slow(self, *a):
-    if self.hp.run_id == "slow" and getattr(tg, "_steps", 0) >= 2:
+    if self.hp.run_id == "slow" and getattr(tg, "_steps", 0) >= 4:  # 2 calls of the step-time probe, 2 steps
         print("SLOW", flush=True)
         time.sleep(120)  # one micro-batch far longer than the grace period
     tg._steps = getattr(tg, "_steps", 0) + 1
