@@ -1,5 +1,5 @@
 """The lm_head + cross-entropy at GPT-2's vocabulary: whole float32 logits (F.cross_entropy, autograd) against
-train_gpt's chunked loss (ChunkedLinearCrossEntropy), forward and backward, eager and torch.compile'd, side by side.
+lm_head.py's chunked loss (ChunkedLinearCrossEntropy), forward and backward, eager and torch.compile'd, side by side.
 
     python bench/loss.py [--tokens=4096] [--d_model=768] [--repeats=3] [--device=auto] [--chunk_mib=1024] [--compile=1]
 
@@ -7,7 +7,7 @@ Prints, per variant, the time of a forward+backward and the peak memory above th
 untimed call, which compiles), and the ratios chunked/whole. On CUDA: ms from CUDA events and
 torch.cuda.max_memory_allocated, with the device named. On the CPU: ms from perf_counter and the peak RSS
 (VmHWM, reset through /proc/self/clear_refs before each call), each variant in its own process. The loss
-values must agree (printed). --chunk_mib sets train_gpt.LOSS_CHUNK_BYTES (default: train_gpt's), so that a
+values must agree (printed). --chunk_mib sets lm_head.LOSS_CHUNK_BYTES (default: lm_head's), so that a
 CPU-sized token count still spans many chunks.
 """
 import argparse
@@ -24,20 +24,20 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import train_gpt as tg  # noqa: E402
+import lm_head  # noqa: E402
 
 VOCAB = 50257
-PADDED = tg.padded_vocab(VOCAB)
+PADDED = lm_head.padded_vocab(VOCAB)
 
 
 def whole_logits_loss(h, weight, targets, vocab_size, scale):
     """The loss as train_gpt computed it before chunking: full float32 logits, then F.cross_entropy."""
-    return F.cross_entropy(tg.head_logits(h, weight, scale, 0.0)[:, :vocab_size], targets)
+    return F.cross_entropy(lm_head.head_logits(h, weight, scale, 0.0)[:, :vocab_size], targets)
 
 
 def chunked_loss(h, weight, targets, vocab_size, scale):
-    chunk = tg.loss_chunk_tokens(weight.shape[0])
-    return tg.ChunkedLinearCrossEntropy.apply(h, weight, targets, vocab_size, scale, 0.0, chunk)
+    chunk = lm_head.loss_chunk_tokens(h.shape[0], weight.shape[0])
+    return lm_head.ChunkedLinearCrossEntropy.apply(h, weight, targets, vocab_size, scale, 0.0, chunk)
 
 
 VARIANTS = {"whole": whole_logits_loss, "chunked": chunked_loss}
@@ -110,20 +110,20 @@ def main():
     parser.add_argument("--d_model", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--chunk_mib", type=int, default=tg.LOSS_CHUNK_BYTES // 2 ** 20)
+    parser.add_argument("--chunk_mib", type=int, default=lm_head.LOSS_CHUNK_BYTES // 2 ** 20)
     parser.add_argument("--compile", type=int, default=1, choices=(0, 1), help="1: also the torch.compile'd variants")
     parser.add_argument("--variant", help="internal: measure one variant, print JSON")
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
-    tg.LOSS_CHUNK_BYTES = args.chunk_mib * 2 ** 20
+    lm_head.LOSS_CHUNK_BYTES = args.chunk_mib * 2 ** 20
     if args.variant:
         print(json.dumps(measure(args.variant, args.tokens, args.d_model, args.repeats, device)))
         return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"lm_head + cross-entropy, {args.tokens} tokens x d {args.d_model} -> vocab {VOCAB} (padded "
           f"{PADDED}), forward+backward, {name}, torch {torch.__version__}; chunk "
-          f"{tg.loss_chunk_tokens(PADDED)} tokens", flush=True)
+          f"{lm_head.loss_chunk_tokens(args.tokens, PADDED)} tokens", flush=True)
     results = {}
     variants = [*VARIANTS, *([f"{v}-compiled" for v in VARIANTS] if args.compile else [])]
     for variant in variants:
