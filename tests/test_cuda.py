@@ -16,7 +16,7 @@ import constraints as C
 import kernels
 import lipschitz
 import train_gpt as tg
-from test_gpu_paths import BOS, small_hp, token_ids, trained_looking
+from test_gpu_paths import BOS, LONG_T, small_hp, token_ids, trained_looking
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_ONLY = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -38,15 +38,15 @@ def synthetic_shards(out_dir, vocab: int, train_tokens: int, val_tokens: int):
 
 @pytest.mark.parametrize("arch", ["lipschitz", "speedrun"])
 def test_compiled_step_matches_eager_sdpa(arch, device):
-    """Loss and gradients of the compiled loss against eager SDPA with a dense mask (windows, documents), both
-    under bf16 autocast: 2% on the loss, 10% of the largest entry per gradient (two bf16 paths with different
-    reduction orders). CUDA: the trainer's compiled loss (inductor) with FlexAttention block masks, whose
+    """Loss and gradients of the compiled loss against eager SDPA with a dense mask (a 2-block window on a 3-block
+    sequence, documents), both under bf16 autocast: 2% on the loss, 10% of the largest entry per gradient (two
+    bf16 paths with different reduction orders). CUDA: the trainer's compiled loss (inductor) with FlexAttention block masks, whose
     compiled backward only a GPU has. CPU: FlexAttention has no CPU backward, so the compiled side keeps SDPA,
     and it is compiled by dynamo and AOT autograd without inductor's code generation (a minute per graph on a
     2-core CPU): the graph capture and the backward it derives."""
     torch._dynamo.reset()
-    model = trained_looking(small_hp(arch)).to(device)
-    idx = token_ids().to(device)
+    model = trained_looking(small_hp(arch, seq_len=LONG_T)).to(device)
+    idx = token_ids(length=LONG_T).to(device)
     x, y = idx[:, :-1], idx[:, 1:]
     cuda = device.type == "cuda"
     compiled = (tg.model_fns(model, compiled=True).loss if cuda
@@ -55,7 +55,7 @@ def test_compiled_step_matches_eager_sdpa(arch, device):
     for loss_fn, flex in ((model.loss, False), (compiled, cuda)):
         model.zero_grad()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = loss_fn(x, y, tg.AttentionMask(x, BOS, 40, flex=flex))
+            loss = loss_fn(x, y, tg.AttentionMask(x, BOS, 256, flex=flex))
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     (want, want_grads), (got, got_grads) = results

@@ -3,6 +3,7 @@ with FlexAttention block masks, bf16 autocast, tensors made without a device, th
 autocast, checkpoint and resume of a compiled run. What only a GPU can show (speed, the compiled flex
 backward, Triton compiled for real, NCCL) is checked by tests/test_cuda.py, which bench/gpu_check.sh runs."""
 import contextlib
+import dataclasses
 import os
 
 import numpy as np
@@ -16,12 +17,14 @@ import train_gpt as tg
 from data.shards import write_shard
 
 VOCAB, T, BOS = 64, 64, 0
+LONG_T = 3 * 128  # three blocks of the attention masks: windows of 128 and 256 tokens (1 and 2 blocks) differ
 
 
 def small_hp(arch: str = "lipschitz", **kw) -> tg.Hyperparameters:
-    extra = dict(constraint="none") if arch == "speedrun" else {}
-    return tg.Hyperparameters.from_preset("smoke", vocab_size=VOCAB, seq_len=T, bos_token=BOS, arch=arch,
-                                          **{**extra, **kw})
+    fields = dict(vocab_size=VOCAB, seq_len=T, bos_token=BOS, arch=arch)
+    if arch == "speedrun":
+        fields["constraint"] = "none"
+    return tg.Hyperparameters.from_preset("smoke", **{**fields, **kw})
 
 
 def trained_looking(hp: tg.Hyperparameters) -> tg.GPT:
@@ -35,10 +38,10 @@ def trained_looking(hp: tg.Hyperparameters) -> tg.GPT:
     return model
 
 
-def token_ids(batch: int = 3, seed: int = 0) -> torch.Tensor:
-    """(batch, T + 1) ids with a document start (BOS) every ~20 tokens."""
+def token_ids(batch: int = 3, seed: int = 0, length: int = T) -> torch.Tensor:
+    """(batch, length + 1) ids with a document start (BOS) every ~20 tokens."""
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(1, VOCAB, (batch, T + 1), generator=g)
+    idx = torch.randint(1, VOCAB, (batch, length + 1), generator=g)
     idx[torch.rand(idx.shape, generator=g) < 0.05] = BOS
     return idx
 
@@ -46,17 +49,17 @@ def token_ids(batch: int = 3, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("arch", ["lipschitz", "speedrun"])
 def test_compiled_flex_loss_and_eval_match_sdpa_and_eager_without_recompiling_per_window(arch):
     """CUDA's path (the whole-graph compiled loss and eval with FlexAttention block masks: sliding window and
-    documents) against CPU's (eager SDPA with a dense mask), at two window sizes; the second window value must
-    not recompile (the window is a tensor, not a constant). Forward only: FlexAttention has no CPU backward
-    (the compiled flex backward is tests/test_cuda.py's). float32; 2e-5 relative covers inductor's reordered
-    reductions and flex's blockwise softmax."""
+    documents) against CPU's (eager SDPA with a dense mask), at two window sizes (whole blocks of 128 tokens, on
+    a sequence of three); the second window value must not recompile (the masks are data, not constants).
+    Forward only: FlexAttention has no CPU backward (the compiled flex backward is tests/test_cuda.py's).
+    float32; 2e-5 relative covers inductor's reordered reductions and flex's blockwise softmax."""
     torch._dynamo.reset()
-    model = trained_looking(small_hp(arch))
+    model = trained_looking(small_hp(arch, seq_len=LONG_T))
     eager, compiled = tg.model_fns(model, compiled=False), tg.model_fns(model, compiled=True)
-    idx = token_ids()
+    idx = token_ids(length=LONG_T)
     x, y = idx[:, :-1], idx[:, 1:]
     with torch.no_grad():
-        for i, window in enumerate((16, 40)):
+        for i, window in enumerate((128, 256)):
             sdpa, flex = (tg.AttentionMask(x, BOS, window, flex=f) for f in (False, True))
             want_loss, want_eval = eager.loss(x, y, sdpa), eager.eval_sums(x, y, sdpa)
             no_recompile = torch._dynamo.config.patch(error_on_recompile=True) if i else contextlib.nullcontext()
@@ -68,7 +71,7 @@ def test_compiled_flex_loss_and_eval_match_sdpa_and_eager_without_recompiling_pe
             assert got_eval[1].item() == want_eval[1].item()
             torch.testing.assert_close(got_eval[2], want_eval[2], rtol=2e-5, atol=1e-6)
         # the two windows give different losses: the mask reached the graph as data
-        assert abs(eager.loss(x, y, tg.AttentionMask(x, BOS, 16)) - eager.loss(x, y, tg.AttentionMask(x, BOS, 40))) > 1e-4
+        assert abs(eager.loss(x, y, tg.AttentionMask(x, BOS, 128)) - eager.loss(x, y, tg.AttentionMask(x, BOS, 256))) > 1e-4
 
 
 def test_bf16_autocast_compiled_loss_and_grads_track_float32():
@@ -102,9 +105,9 @@ def test_qk_norm_is_cast_to_the_value_dtype(monkeypatch):
     seen = []
     attend = tg.AttentionMask.attend
 
-    def spy(self, q, k, v, scale):
+    def spy(self, q, k, v, *rest):
         seen.append({q.dtype, k.dtype, v.dtype})
-        return attend(self, q, k, v, scale)
+        return attend(self, q, k, v, *rest)
     monkeypatch.setattr(tg.AttentionMask, "attend", spy)
     model = tg.make_model(small_hp("speedrun"))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -112,15 +115,20 @@ def test_qk_norm_is_cast_to_the_value_dtype(monkeypatch):
     assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen)
 
 
-@pytest.fixture
-def streams(tmp_path):
+def write_token_shards(out_dir) -> tuple[str, str]:
+    """Random ids below VOCAB with a document start (BOS) every ~20 tokens: a train and a val shard. -> globs."""
     rng = np.random.default_rng(0)
     for split, n in (("train", 20000), ("val", 5000)):
         tokens = rng.integers(1, VOCAB, size=n, dtype=np.uint16)
         tokens[rng.random(n) < 0.05] = BOS
-        write_shard(str(tmp_path / f"synth_{split}_000000.bin"), tokens)
-    return (tg.TokenStream(str(tmp_path / "*train*.bin"), VOCAB, "training"),
-            tg.TokenStream(str(tmp_path / "*val*.bin"), VOCAB, "validation"))
+        write_shard(str(out_dir / f"synth_{split}_000000.bin"), tokens)
+    return str(out_dir / "*train*.bin"), str(out_dir / "*val*.bin")
+
+
+@pytest.fixture
+def streams(tmp_path):
+    train, val = write_token_shards(tmp_path)
+    return tg.TokenStream(train, VOCAB, "training"), tg.TokenStream(val, VOCAB, "validation")
 
 
 @pytest.mark.parametrize("optimizer,constraint", [("muon", "soft_cap"), ("muon", "spectral_normalize"),
@@ -136,7 +144,7 @@ def test_no_tensor_is_made_without_a_device(streams, optimizer, constraint):
     cpu = torch.device("cpu")
     model = tg.make_model(hp)
     optimizers = tg.make_optimizers(model, hp)
-    amp, _ = tg.autocast_for(tg.dataclasses.replace(hp, dtype="fp32"), cpu)
+    amp, _ = tg.autocast_for(dataclasses.replace(hp, dtype="fp32"), cpu)
     with torch.device("meta"):
         for step in range(2):
             loss = tg.train_step(model, optimizers, train, hp, step, tg.Context.local(hp, cpu, amp))
@@ -154,10 +162,9 @@ def test_compiled_run_resumes_exactly(tmp_path, one_thread):
     """--compile=yes (the CUDA default) through main(): 6 steps in one go equal 3 steps, a checkpoint, and 3
     more after --resume, to float32 rounding (the same process; the resumed run compiles anew). One thread:
     inductor's CPU embedding backward adds rows in a thread-dependent order, which Adam then amplifies."""
-    from data import shakespeare
-    shards = tmp_path / "shards"
-    shakespeare.build(input_path=None, out_dir=str(shards))
-    args = ["--preset=smoke", f"--train_files={shards}/*train*.bin", f"--val_files={shards}/*val*.bin",
+    (tmp_path / "shards").mkdir()
+    train, val = write_token_shards(tmp_path / "shards")
+    args = ["--preset=smoke", f"--train_files={train}", f"--val_files={val}", f"--vocab_size={VOCAB}",
             "--compile=yes", "--num_iterations=6", "--val_every=3", "--log_every=1", "--val_tokens=2048"]
     whole = tg.main(args + [f"--log_dir={tmp_path}/a", f"--checkpoint_dir={tmp_path}/a", "--run_id=whole"])
     first = tg.main(args + [f"--log_dir={tmp_path}/b", f"--checkpoint_dir={tmp_path}/b", "--run_id=split",
