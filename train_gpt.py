@@ -682,22 +682,21 @@ def make_context(hp: Hyperparameters) -> Context:
 
 
 def probe_step_seconds(model: GPT, hp: Hyperparameters, ctx: Context, train: TokenStream) -> float | None:
-    """Seconds one training step will take here: up to 8 sequences of up to 256 tokens forward and backward,
-    timed after an untimed call, scaled by the FLOPs of the whole step. None on CUDA, where the warm-up steps
-    measure the step itself."""
+    """Seconds one training step will take here: one micro-batch forward and backward (at most 256 tokens per
+    sequence, and 8 sequences when shortened), timed after an untimed one-sequence call, scaled by the FLOPs
+    of the whole step. None on CUDA, where the warm-up steps measure the step itself."""
     if ctx.device.type == "cuda":
         return None
-    n, T = min(ctx.micro, 8), min(hp.seq_len, 256)
-    x, y = token_batch(train, [i * T for i in range(n)], T, ctx.device)
-    seconds = math.inf
-    for _ in range(2):
+    T = min(hp.seq_len, 256)
+    n = ctx.micro if T == hp.seq_len else min(ctx.micro, 8)
+    for rows in (1, n):
+        x, y = token_batch(train, [i * T for i in range(rows)], T, ctx.device)
         t0 = time.perf_counter()
         with ctx.amp:
             model.loss(x, y, batch_mask(x, hp, window_size(hp, 0))).backward()
-        seconds = min(seconds, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
     model.zero_grad(set_to_none=True)
-    per_flop = seconds / forward_backward_flops(hp, n, T)
-    return per_flop * forward_backward_flops(hp, hp.batch_size // ctx.world, hp.seq_len)
+    return seconds / forward_backward_flops(hp, n, T) * forward_backward_flops(hp, hp.batch_size // ctx.world, hp.seq_len)
 
 
 def check_step(hp: Hyperparameters, ctx: Context) -> None:
