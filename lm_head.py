@@ -57,8 +57,8 @@ def fp8_mm(a8: torch.Tensor, sa: torch.Tensor, b8: torch.Tensor, sb: torch.Tenso
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of head_logits(h, W)[:, :vocab_size] against targets, h (n, d), targets (n,) in
     [0, vocab_size), in chunks of `chunk` tokens. h and W are cast to the compute dtype once; each chunk forms
-    its float32 logits, softmax p and d loss / d logits = f (p - onehot) / n (f the logit map's slope), so no
-    (n, vocab) tensor outlives a chunk. The one-hot part never touches a (chunk, vocab) tensor: it is a row of
+    its float32 logits over the padded vocabulary (padding masked to -inf), softmax p and d loss / d logits =
+    f (p - onehot) / n (f the logit map's slope), in place, so no (n, vocab) tensor outlives a chunk. The one-hot part never touches a (chunk, vocab) tensor: it is a row of
     W per token for h's gradient and a row of h per token added into W's. W's float32 gradient is accumulated
     in place. With fp8, the three matmuls run in FP8 (to_fp8 scales). Value and gradients are F.cross_entropy's
     on the full logits up to the rounding of the compute dtype."""
@@ -77,26 +77,27 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         loss_sum = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         for start in range(0, n, chunk):
             rows, t = slice(start, start + chunk), targets[start:start + chunk]
-            z = (fp8_mm(h8[rows], sh, w8.t(), sw, cd)[:, :V] if fp8 else hc[rows] @ wc[:V].t()).to(loss_sum.dtype)
-            slope = scale  # d logit / d (h W^T)
+            z = (fp8_mm(h8[rows], sh, w8.t(), sw, cd) if fp8 else hc[rows] @ wc.t()).to(loss_sum.dtype)
+            slope = scale / n  # d logit / d (h W^T), over n for the mean
             if softcap > 0:
                 z = softcap * torch.tanh(z / softcap)
-                slope = 1 - (z / softcap).square()
+                slope = (1 - (z / softcap).square()) / n
             else:
                 z.mul_(scale)
+            z[:, V:] = -math.inf  # padding: never a prediction; exp(-inf) = 0 gives it no gradient
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             z_t = z.gather(1, t[:, None])
             loss_sum += (lse - z_t).sum()
-            f_t = ((1 - (z_t / softcap).square()) if softcap > 0 else torch.full_like(z_t, scale)) / n
-            g = (z.sub_(lse).exp_() * slope / n).to(cd)  # f p / n: the softmax part of the logits' gradient
+            f_t = slope.gather(1, t[:, None]) if softcap > 0 else torch.full_like(z_t, slope)
+            g = z.sub_(lse).exp_().mul_(slope).to(cd)  # f p / n: the softmax part of the logits' gradient
             h_rows = hc[rows]
             if fp8:
-                g8, sg = to_fp8(F.pad(g, (0, wc.shape[0] - V)), torch.float8_e5m2, E5M2_MAX)
+                g8, sg = to_fp8(g, torch.float8_e5m2, E5M2_MAX)
                 grad_h[rows] = fp8_mm(g8, sg, w8_cols, sw, cd).to(h.dtype)
                 grad_w += fp8_mm(g8.t().contiguous(), sg, h8[rows].t().contiguous().t(), sh, grad_w.dtype)
             else:
-                grad_h[rows] = (g @ wc[:V]).to(h.dtype)
-                grad_w[:V] += g.t() @ h_rows
+                grad_h[rows] = (g @ wc).to(h.dtype)
+                grad_w += g.t() @ h_rows
             grad_h[rows] -= (f_t * wc[t]).to(h.dtype)  # the one-hot part: - f_t W[t] ...
             grad_w.index_add_(0, t, (-f_t * h_rows).to(grad_w.dtype))  # ... and - f_t h added into W[t]
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
