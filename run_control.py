@@ -454,7 +454,21 @@ class StopSignals:
         kept = f"the last good checkpoint is {last}" if last and os.path.exists(last) else "no checkpoint was saved"
         lost = "no checkpoint was written for the step under way" if step else "nothing was trained"
         print(f"{why}: {lost}; {kept}", file=sys.stderr, flush=True)
+        end_children()  # inductor's compile workers would outlive an os._exit
         os._exit(128 + signum)
+
+
+def end_children():
+    """SIGKILL this process's children (Linux /proc; elsewhere nothing)."""
+    me = str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else []):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = f.read().rsplit(")", 1)[1].split()[1]
+            if ppid == me:
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, IndexError):
+            continue
 
 
 # -----------------------------------------------------------------------------
