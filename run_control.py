@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zipfile
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data.files import atomic_write
+from data.files import atomic_write, writable_dir_problem
 
 SEPARATOR = "=" * 100  # ends each source file copied into a log, and the hardware summary (tools/runlog.py reads it)
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -62,13 +61,9 @@ def hardware_summary(device: torch.device) -> str:
 def ensure_writable_dir(path: str, flag: str) -> None:
     """Create `path` if needed and prove a file can be written there, so a bad --log_dir/--checkpoint_dir
     fails at start-up, not after the run."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise ValueError(f"--{flag}={path}: cannot write there ({e.strerror or e}); "
-                         f"pass a writable directory") from None
+    why = writable_dir_problem(path)
+    if why:
+        raise ValueError(f"--{flag}={path}: {why}; pass a writable directory")
 
 
 class Logger:
@@ -330,7 +325,7 @@ def compile_choice(hp, device: torch.device) -> tuple[bool, str]:
 def free_memory_bytes(device: torch.device) -> int | None:
     """Memory a new allocation can use now: free CUDA memory, or the OS's MemAvailable (None if unknown)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]  # GPU check: tests/test_cuda.py's smoke run
+        return torch.cuda.mem_get_info(device)[0]
     try:
         with open("/proc/meminfo") as f:
             kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}

@@ -49,3 +49,14 @@ def _fsync_directory(directory):
         _fsync(directory)
     except OSError:
         pass
+
+
+def writable_dir_problem(path: str) -> str | None:
+    """Create directory `path` if needed and prove a file can be written there: None, or why not (one line)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"cannot write there ({e.strerror or e})"
+    return None

@@ -304,12 +304,12 @@ def test_cli_unwritable_plots_dir_one_line(tmp_path, capsys):
     assert compare.main([p, "--plots", os.path.join(blocker, "plots")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"compare.py: --plots {blocker}/plots: {blocker} is not a directory")
+    assert err.startswith(f"compare.py: --plots {blocker}/plots: cannot write there (Not a directory)")
     if hasattr(os, "geteuid") and os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
         assert compare.main([p, "--plots", str(ro / "plots")]) == 2
-        assert "is not writable" in capsys.readouterr().err
+        assert "cannot write there (Permission denied)" in capsys.readouterr().err
     # the check passes, but writing fails anyway (e.g. a full disk): still one line
     def fail(*a, **k):
         raise PermissionError(13, "Permission denied")

@@ -66,6 +66,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script: tools/ is on the path, the project root is not
     sys.path.insert(0, ROOT)
 
+from data.files import writable_dir_problem  # noqa: E402
 from run_control import RESUME_MAY_CHANGE  # noqa: E402
 from tools import plots  # noqa: E402
 from tools.cli import Parser, UsageError, one_line  # noqa: E402
@@ -633,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"compare.py: {e}", file=sys.stderr)
         return 2
-    if not args.no_plots and (why := plots.check_writable_dir(args.plots)):
+    if not args.no_plots and (why := writable_dir_problem(args.plots)):
         print(f"compare.py: --plots {args.plots}: {why}; give a writable directory or --no-plots",
               file=sys.stderr)
         return 2

@@ -291,20 +291,3 @@ def write_plots(view: PlotInput, out_dir: str, err=None) -> list[str]:
         finally:
             plt.close(fig)
     return written
-
-
-def check_writable_dir(path: str) -> str | None:
-    """None when `path` is, or can be created as, a writable directory; else why not."""
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        return f"{probe} is not a directory"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
-    return None
-
-
