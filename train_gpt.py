@@ -682,13 +682,14 @@ def make_context(hp: Hyperparameters) -> Context:
 
 
 def probe_step_seconds(model: GPT, hp: Hyperparameters, ctx: Context, train: TokenStream) -> float | None:
-    """Seconds one training step will take here: one micro-batch forward and backward (at most 256 tokens per
-    sequence, and 8 sequences when shortened), timed after an untimed one-sequence call, scaled by the FLOPs
-    of the whole step. None on CUDA, where the warm-up steps measure the step itself."""
+    """Seconds one training step will take here: a micro-batch forward and backward (at most 8 sequences of at
+    most 256 tokens, unless the step is a few whole micro-batches), timed after an untimed one-sequence call,
+    scaled by the FLOPs of the step. None on CUDA, where the warm-up steps measure the step itself."""
     if ctx.device.type == "cuda":
         return None
     T = min(hp.seq_len, 256)
-    n = ctx.micro if T == hp.seq_len else min(ctx.micro, 8)
+    few = T == hp.seq_len and hp.batch_size <= 8 * ctx.world * ctx.micro
+    n = ctx.micro if few else min(ctx.micro, 8)
     for rows in (1, n):
         x, y = token_batch(train, [i * T for i in range(rows)], T, ctx.device)
         t0 = time.perf_counter()
