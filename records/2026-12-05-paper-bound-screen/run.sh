@@ -10,7 +10,7 @@
 # that script (the same flags at 200 steps, seed 0, validation every 50 steps), JOBS at a time, one thread each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-NAMES=${*:-w1-als1-fls1 w1-als1-fls2 w1-als2-fls2 w1-als4-fls1 w1.25-als1-fls1 w1-als1-fls1-head2 w1.5-als1-fls1}
+NAMES=${*:-w1-als1-fls2.5 w1-als2-fls2 w1-als1-fls2 w1.25-als1-fls1 w1-als1-fls1-head2 w1-als1-fls1}
 # shellcheck disable=SC2086
 STEPS=${STEPS:-200} VAL_EVERY=50 JOBS=${JOBS:-1} CKPT_DIR=checkpoints/paper-bound \
   LOG_DIR=records/2026-12-05-paper-bound-screen/logs exec bash records/2026-12-03-protocol-table/run.sh $NAMES
