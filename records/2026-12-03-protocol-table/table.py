@@ -10,8 +10,9 @@ SCORES_JSON: the output of
 --logs: the runs' logs, <run_id>.txt (default: this folder's logs/). A configuration is the run id without its
 -s<seed> suffix. Only complete runs enter the means: the checkpoint's step, the log's last step and the run's
 num_iterations M (the log's, and the checkpoint's when the scores carry it) all agree; the others are listed with
-the steps they reached. Scores without accuracies (older eval_protocols.py output) show "-" there. The paper's protocols are scored on the final checkpoint only: the
-logs hold our protocol's validations, so "min over the run" exists for ours alone.
+the steps they reached. Scores without accuracies (older eval_protocols.py output) show "-" there. The paper's
+protocols are scored on the final checkpoint only: the logs hold our protocol's validations, so "min over the run"
+exists for ours alone.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def read_scores(path: str) -> list[dict]:
     results = scores.get("results") if isinstance(scores, dict) else None
     if not isinstance(results, list) or not all(isinstance(r, dict) and "checkpoint" in r and "loss" in r
                                                 for r in results):
-        raise UsageError(f"{path}: no 'results' list of checkpoints with losses (make it with eval_protocols.py --json)")
+        raise UsageError(f"{path}: no 'results' list of checkpoints with losses (make it with eval_protocols.py "
+                         f"--json)")
     return results
 
 
@@ -70,7 +72,8 @@ def run_rows(results: list[dict], logs: str) -> list[dict]:
         try:
             log = parse_log(path)
         except (OSError, LogFormatError) as e:
-            raise UsageError(f"{path}: no readable log for checkpoint {r['checkpoint']} ({e}); pass --logs DIR") from None
+            raise UsageError(f"{path}: no readable log for checkpoint {r['checkpoint']} ({e}); pass --logs DIR"
+                             ) from None
         vals = [log.points[s]["val_loss"] for s in log.val_steps]
         rows.append(dict(run_id=run_id, config=config_name(run_id), step=r["step"], loss=r["loss"],
                          accuracy=r.get("accuracy", {}), last_step=log.last_step, num_iterations=log.num_iterations,

@@ -4,10 +4,10 @@
 
 Prints the table and writes DIR/table.md and DIR/accuracy_vs_eps.png (default DIR: this folder). One row per
 checkpoint, ordered by its sharp certified bound (at the embedding radius r; the smallest first): the step it
-reached (marked preliminary when below its num_iterations), clean accuracy, then at each eps "attacked /
-certified" (fractions of the scored val tokens); then the fraction of right tokens kept (attacked / clean)
-at each eps, and the largest logit-margin drop found against the certificate's margin bound M. The plot has one colour per checkpoint: attacked accuracy solid,
-certified dotted, clean as a dashed level; eps on a log axis.
+reached (marked preliminary when below its num_iterations), clean accuracy, then at each eps "attacked / certified"
+(fractions of the scored val tokens); then the fraction of right tokens kept (attacked / clean) at each eps, and the
+largest logit-margin drop found against the certificate's margin bound M. The plot has one colour per checkpoint:
+attacked accuracy solid, certified dotted, clean as a dashed level; eps on a log axis.
 """
 from __future__ import annotations
 
