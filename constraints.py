@@ -593,8 +593,10 @@ def apply(W: Tensor, method: str, w_max: float, *, lr: float = 0.0, weight_decay
 
 
 def cap_row_rms(E: Tensor, max_rms: float) -> Tensor:
-    """Scale each row of E (..., d) (e.g. an embedding table (vocab, d)) so its RMS is <= max_rms;
-    rows already within the cap are unchanged. Returns a new tensor of E's shape and dtype."""
+    """Scale each row of E (..., d) (e.g. an embedding table (vocab, d)) so its RMS is <= max_rms, in exact
+    arithmetic on the values returned (the certificate's input radius): rows are scaled to a target a few
+    float32 rounding errors of a length-d norm below max_rms, so rounding cannot leave one above it. Rows
+    already within that target are unchanged. Returns a new tensor of E's shape and dtype."""
     if not isinstance(E, Tensor) or E.ndim < 1 or not E.is_floating_point():
         raise ValueError(f"E must be a floating-point tensor with rows along the last dim, got "
                          f"{getattr(E, 'shape', type(E).__name__)}")
@@ -602,5 +604,6 @@ def cap_row_rms(E: Tensor, max_rms: float) -> Tensor:
         raise ValueError(f"max_rms must be a finite number > 0, got {max_rms!r}")
     with torch.no_grad():
         rms = torch.linalg.vector_norm(E, dim=-1, keepdim=True, dtype=torch.float32) / math.sqrt(E.shape[-1])
-        scale = torch.clamp(max_rms / rms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
+        target = max_rms * (1 - 4 * math.sqrt(E.shape[-1]) * torch.finfo(torch.float32).eps)
+        scale = torch.clamp(target / rms.clamp_min(torch.finfo(torch.float32).tiny), max=1.0)
         return (E * scale).to(E.dtype)

@@ -2,7 +2,7 @@
 
 The certified function is f = model.logits_from_embeddings: embedding output x (B, T, d) -> logits
 (B, T, V_pad), with the ||.||_inf-RMS norm (max over tokens of the per-token RMS) on both sides, over
-the input set {x : ||x||_inf-RMS <= r_0}, r_0 = hp.emb_w_max (every embedding output lies in it).
+the input set {x : ||x||_inf-RMS <= r_0}, r_0 = input_radius(model) (every embedding output lies in it).
 Weights are walked by attribute (model.blocks[i].attn.q/k/v/o, .mlp.fc/proj, model.lm_head), so this
 module does not import train_gpt.
 
@@ -455,10 +455,20 @@ def layer_norms(block: nn.Module) -> dict:
 
 
 @torch.no_grad()
+def input_radius(model: nn.Module) -> float:
+    """r_0: the largest RMS of an embedding output: hp.emb_w_max, or the largest row RMS of the table (in
+    float64) where the float32 rounding of the row cap left a row a few ulps above it (1.0000001 seen)."""
+    r = float(_hp(model, "emb_w_max", 1.0))
+    embed = getattr(model, "embed", None)
+    if isinstance(embed, nn.Embedding):
+        r = max(r, embed.weight.detach().double().square().mean(-1).sqrt().max().item())
+    return r
+
+
 def bound_report(model: nn.Module, radius: float | None = None) -> dict:
     """Certified Lipschitz bound of model.logits_from_embeddings with its per-layer breakdown.
 
-    radius: r_0, the input norm assumption ||x||_inf-RMS <= r_0 (default hp.emb_w_max).
+    radius: r_0, the input norm assumption ||x||_inf-RMS <= r_0 (default input_radius(model)).
     Returns a dict with
       bound, log10_bound               "paper" variant (Theorem C.1 per head): certified
       bound_tight, log10_bound_tight   "tight" variant (per-term attention bound): certified, <= bound
@@ -477,7 +487,7 @@ def bound_report(model: nn.Module, radius: float | None = None) -> dict:
         out = {k: math.inf for b in ("bound", "bound_tight", "bound_sharp", "bound_paper_literal")
                for k in (b, f"log10_{b}")}
         return dict(out, layers=[], reason=reason, theorems=THEOREMS)
-    r0 = float(_hp(model, "emb_w_max", 1.0) if radius is None else radius)
+    r0 = input_radius(model) if radius is None else float(radius)
     if not (math.isfinite(r0) and r0 > 0):
         raise ValueError(f"radius (the input norm bound r_0) must be finite and > 0, got {radius!r}")
     log_r = log_r_lit = log_r_sharp = math.log(r0)
@@ -636,7 +646,7 @@ def worst_pair(model: nn.Module, *, seq_len: int = 16, batch: int = 4, restarts:
     problem = _arch_problem(model)
     if problem is not None:
         raise ValueError(f"cannot search a model without a certified bound: {problem}")
-    R = float(_hp(model, "emb_w_max", 1.0) if radius is None else radius)
+    R = input_radius(model) if radius is None else float(radius)
     m = float64_copy(model).requires_grad_(False)
     d = m.embed.weight.shape[1]
     gen = torch.Generator().manual_seed(seed)

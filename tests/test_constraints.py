@@ -423,6 +423,18 @@ def test_cap_row_rms():
         C.cap_row_rms(E, 0.0)
 
 
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(1, 1024), cap=st.floats(0.01, 10.0), seed=st.integers(0, 2 ** 16))
+def test_capped_rows_are_within_the_cap_in_exact_arithmetic(d, cap, seed):
+    """Float32 rounding never leaves a capped row above the cap (in float64, the certificate's radius):
+    rows at the cap, just above and far above it."""
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(64, d, generator=g)
+    E = E / E.pow(2).mean(-1, keepdim=True).sqrt() * cap * (1 + torch.linspace(-1e-6, 3.0, 64)[:, None])
+    rms = C.cap_row_rms(E, cap).double().pow(2).mean(-1).sqrt()
+    assert (rms <= cap).all() and (rms >= cap * (1 - 1e-4))[1:].all()
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: clear ValueError, input untouched
 

@@ -195,7 +195,7 @@ def test_hand_computed_one_layer():
                           "blocks.0.attn.o": 0.75 * I, "blocks.0.mlp.fc": torch.cat([I] * 4, 0),
                           "blocks.0.mlp.proj": torch.cat([I] * 4, 1) / 2,
                           "lm_head": 2 * torch.cat([I, torch.zeros(224, 32)], 0)})
-    rep = L.bound_report(model)
+    rep = L.bound_report(model, radius=1.0)  # r_0 exactly 1 (the capped table's rows may be an ulp above)
     sq2 = math.sqrt(2)
     n = rep["layers"][0]["norms"]
     assert (n["q"], n["k"], n["v"], n["o"], n["fc"], n["proj"]) == pytest.approx((1, 0.5, 1, 0.75, 1, 2), rel=1e-12)
@@ -660,3 +660,17 @@ def test_zero_init_out_off_gives_out_projections_of_rms_norm_one():
         assert math.sqrt(w.shape[1] / w.shape[0]) * s.max().item() == pytest.approx(1.0, rel=1e-5)
         assert L.rms_op_norms(w).item() == pytest.approx(1.0, rel=1e-5)
     assert L.bound_report(model)["bound"] > 0
+
+
+def test_the_input_radius_covers_every_embedding_row():
+    """The default radius of the bound is the larger of emb_w_max and the table's largest row RMS, so every
+    embedding output lies in the ball the bound is about, even a row that escaped the cap."""
+    model = tg.make_model(make_hp(n_layer=1, d_model=32, n_head=2, s=2.0, fls=3.0))
+    with torch.no_grad():
+        model.embed.weight[3] *= 1 + 1e-4  # as if a row had escaped the cap
+    rms = model.embed.weight.double().square().mean(-1).sqrt().max().item()
+    assert rms > model.hp.emb_w_max and L.input_radius(model) == rms
+    assert L.bound_report(model)["radius"] == rms
+    with torch.no_grad():
+        model.embed.weight.mul_(0.5)
+    assert L.input_radius(model) == model.hp.emb_w_max
