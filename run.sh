@@ -16,7 +16,8 @@ fi
 echo "run.sh: no GPU found; training the Shakespeare preset on the CPU (see README)."
 if [ "$("$PYTHON" -c "import torch, muon; print(muon.default_orth_dtype(torch.device('cpu')) == torch.bfloat16)")" != True ]; then
     echo "run.sh: this CPU has no native bf16 (AVX512-BF16/AMX), so training runs in float32, 2-4x slower:" \
-         "4-7 s per step on 2-core AMD EPYCs (2.2-4 hours for the 2000 steps) against 1.75 s with bf16." \
+         "4-7 s per step measured on 2-core AMD EPYCs (2.2-4 hours for the 2000 steps), against 0.92 s on a" \
+         "2-core Xeon with AMX (records/2026-12-03-protocol-table/logs/w2-s0.txt, step 125)." \
          "The run prints its own estimate after 3 steps; Ctrl-C stops it with a checkpoint that --resume continues."
 fi
 if ! ls data/shakespeare/*train*.bin >/dev/null 2>&1; then
