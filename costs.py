@@ -27,7 +27,7 @@ def step_memory_bytes(hp, micro: int, dtype: str, flex: bool) -> dict[str, int]:
     n_params = 2 * V * d + hp.n_layer * (4 * inner * d + 2 * hidden * d)
     tokens = micro * T
     act_bytes = 2 if dtype == "bf16" else 4
-    causal_only = hp.bos_token < 0 and (hp.window_max <= 0 or hp.window_max >= T)
+    causal_only = hp.bos_token < 0 and (hp.window_max <= 0 or min(hp.window_min, hp.window_max) >= T)
     dense_masks = 0 if flex or causal_only else len(set(hp.window_pattern))
     return dict(state=4 * 4 * n_params,
                 activations=tokens * hp.n_layer * (8 * d + 6 * inner + 3 * hidden) * act_bytes,

@@ -58,9 +58,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of head_logits(h, W)[:, :vocab_size] against targets, h (n, d), targets (n,) in
     [0, vocab_size), in chunks of `chunk` tokens. h and W are cast to the compute dtype once; each chunk forms
     its float32 logits over the padded vocabulary (padding masked to -inf), softmax p and d loss / d logits =
-    f (p - onehot) / n (f the logit map's slope), in place, so no (n, vocab) tensor outlives a chunk. The one-hot part never touches a (chunk, vocab) tensor: it is a row of
-    W per token for h's gradient and a row of h per token added into W's. W's float32 gradient is accumulated
-    in place. With fp8, the three matmuls run in FP8 (to_fp8 scales). Value and gradients are F.cross_entropy's
+    f (p - onehot) / n (f the logit map's slope), in place, so no (n, vocab) tensor outlives a chunk. The
+    one-hot is taken off in float32 before the cast (an index per row, no vocab-wide pass): p_t - 1 is small
+    for a confident prediction, and rounding p_t first would swamp it. W's float32 gradient is accumulated in
+    place. With fp8, the three matmuls run in FP8 (to_fp8 scales). Value and gradients are F.cross_entropy's
     on the full logits up to the rounding of the compute dtype."""
 
     @staticmethod
@@ -88,18 +89,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse = torch.logsumexp(z, dim=-1, keepdim=True)
             z_t = z.gather(1, t[:, None])
             loss_sum += (lse - z_t).sum()
-            f_t = slope.gather(1, t[:, None]) if softcap > 0 else torch.full_like(z_t, slope)
-            g = z.sub_(lse).exp_().mul_(slope).to(cd)  # f p / n: the softmax part of the logits' gradient
-            h_rows = hc[rows]
+            p = z.sub_(lse).exp_()
+            p[torch.arange(len(t), device=t.device), t] -= 1  # minus the one-hot, in float32 at one entry per row
+            g = p.mul_(slope).to(cd)  # d loss / d (h W^T) = f (p - onehot) / n
             if fp8:
                 g8, sg = to_fp8(g, torch.float8_e5m2, E5M2_MAX)
                 grad_h[rows] = fp8_mm(g8, sg, w8_cols, sw, cd).to(h.dtype)
                 grad_w += fp8_mm(g8.t().contiguous(), sg, h8[rows].t().contiguous().t(), sh, grad_w.dtype)
             else:
                 grad_h[rows] = (g @ wc).to(h.dtype)
-                grad_w += g.t() @ h_rows
-            grad_h[rows] -= (f_t * wc[t]).to(h.dtype)  # the one-hot part: - f_t W[t] ...
-            grad_w.index_add_(0, t, (-f_t * h_rows).to(grad_w.dtype))  # ... and - f_t h added into W[t]
+                grad_w += g.t() @ hc[rows]
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return loss_sum / n
 

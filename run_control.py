@@ -201,7 +201,8 @@ CHECKPOINT_KEYS = ("step", "train_ms", "hp", "model", "optimizers", "rng")
 # records/2026-11-22-shakespeare-h100/gap-screen hold the source that ran them.
 RETIRED_FIELDS = {"blocks_mass": 0.0, "residual_lr_decay": 1.0, "embed_grad_norm_max": 0.0}
 # Fields newer than some checkpoints, with the value that reproduces what those checkpoints trained: every block
-# at the full window, attention in every block, the lm_head in the autocast dtype, a step-0 validation.
+# at one window (the old windows were token-exact: such checkpoints are refused), attention in every block,
+# the lm_head in the autocast dtype, a step-0 validation.
 ADDED_FIELDS = {"window_pattern": "L", "attn_skip_layers": "", "lm_head_fp8": 0, "val_at_start": 1,
                 "max_step_seconds": 3600.0, "stop_grace_seconds": 60.0}
 # Fields a resumed run may change: they decide how the run is managed, not what it computes.
@@ -247,6 +248,9 @@ def current_fields(saved: dict, name: str) -> dict:
     """A checkpoint's hyperparameter dict in today's fields: retired fields at their "off" value dropped, added
     fields at the value that reproduces the run. One-line ValueError for a retired field that was on."""
     saved = dict(saved)
+    if "window_pattern" not in saved and saved.get("window_max", 0) > 0:
+        raise ValueError(f"{name}: trained with token-exact attention windows, which this train_gpt.py counts in "
+                         f"blocks of 128 now: it would train another model; start a new run")
     for key, off in RETIRED_FIELDS.items():
         if key in saved and saved.pop(key) != off:
             raise ValueError(f"{name}: trained with --{key}, which this train_gpt.py no longer has (the log of "
@@ -370,9 +374,10 @@ class StopSignals:
     """SIGINT/SIGTERM ask the loop to stop at the next micro-batch boundary, checkpoint the last completed step
     and exit cleanly (`received` holds the signal number). A watcher thread hears each signal at once, even
     while the main thread sits in a long native op (where Python handlers wait for the op to return): after
-    the first it allows `grace` seconds to reach a checkpoint (`reached_checkpoint()`), then ends the process
-    with one line naming the last good checkpoint; a second signal ends it at once. Under torchrun (world > 1)
-    only a second SIGINT does: a worker may get SIGTERM twice for one stop, and the second must not cost the
+    the first (single process) it allows `grace` seconds to reach a checkpoint (`reached_checkpoint()`), then
+    ends the process with one line naming the last good checkpoint; a second signal ends it at once. Under
+    torchrun (world > 1) the ranks stop together at the next log step, with no grace timer, and only a second
+    SIGINT ends a rank at once: a worker may get SIGTERM twice for one stop, and the second must not cost the
     checkpoint."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -380,7 +385,7 @@ class StopSignals:
     def __init__(self, announce: bool, world: int = 1, grace: float = 60.0, last_good=lambda: None):
         self.received, self.announce, self.grace, self.last_good = 0, announce, grace, last_good
         self.armed = False  # before training starts there is nothing to checkpoint: a signal ends the process
-        self.at_once = self.SIGNALS if world == 1 else (signal.SIGINT,)
+        self.world, self.at_once = world, self.SIGNALS if world == 1 else (signal.SIGINT,)
         self.previous, self.heard, self.checkpointed = {}, [], threading.Event()
         self.wake = self.wakeup_fd = None
 
@@ -433,10 +438,12 @@ class StopSignals:
                 if not self.armed:
                     self._exit(signum, f"{signal.Signals(signum).name} before training started", step=False)
                 elif len(self.heard) == 1:
+                    where = "the next micro-batch" if self.world == 1 else "the next log step, where the ranks agree,"
                     if self.announce:
-                        print(f"\n{signal.Signals(signum).name}: stopping at the next micro-batch and saving a "
-                              f"checkpoint (again to abort at once, without one)", file=sys.stderr, flush=True)
-                    threading.Thread(target=self._expire, args=(signum,), daemon=True).start()
+                        print(f"\n{signal.Signals(signum).name}: stopping at {where} and saving a checkpoint "
+                              f"(again to abort at once, without one)", file=sys.stderr, flush=True)
+                    if self.world == 1:  # ranks stop together, at a sync: one rank's timer must not end it alone
+                        threading.Thread(target=self._expire, args=(signum,), daemon=True).start()
                 elif signum in self.at_once:
                     self._exit(signum, "aborted by a second signal")
 
@@ -503,7 +510,7 @@ class Progress:
     timed checkpoints, the log lines and the time estimates."""
 
     def __init__(self, hp, world: int, device, log, say, reduce_sum, start_step: int, end_step: int,
-                 train_ms: float, clock=time.perf_counter):
+                 train_ms: float, clock=time.perf_counter, resumed: bool = False):
         self.hp, self.world, self.device, self.log, self.say = hp, world, device, log, say
         self.reduce_sum, self.clock = reduce_sum, clock
         self.start_step, self.end_step, self.train_ms, self.train_ms_at_start = start_step, end_step, train_ms, train_ms
@@ -513,12 +520,20 @@ class Progress:
         self.want_ckpt = self.stopping = False
         self.last_ckpt = time.monotonic()
         self.val_seconds: list[float] = []
+        self.validated_step = start_step if resumed else -1  # a resumed run's start step was validated before
 
     def step_begins(self):
         if self.synced:  # the clock restarts after validation and checkpoints, which are not training time
             self.t0 = self.clock()
 
-    def validated(self, seconds: float):
+    def validation_due(self, step: int) -> bool:
+        """A validation at `step`: due by the schedule, not done yet (a stop inside the next step comes back to
+        this step), and not the start of a run that is already stopping."""
+        return (validation_due(self.hp, step) and step != self.validated_step
+                and not (step == self.start_step and self.stopping))
+
+    def validated(self, step: int, seconds: float):
+        self.validated_step = step
         self.val_seconds.append(seconds)
 
     def checkpointed(self):
@@ -577,10 +592,10 @@ class Progress:
         return (self.train_ms - self.train_ms_at_start) / 1000 / max(1, step - self.start_step)
 
     def val_estimate(self, step: int) -> float:
-        """Seconds per validation: the mean of those measured, else a forward pass over val_tokens at a third
-        of the training time per token (forward only)."""
+        """Seconds per validation: the fastest measured (the first also compiles the eval graph), else a forward
+        pass over val_tokens at a third of the training time per token (forward only)."""
         if self.val_seconds:
-            return sum(self.val_seconds) / len(self.val_seconds)
+            return min(self.val_seconds)
         return self.seconds_per_step(step) * self.hp.val_tokens / (self.hp.batch_size * self.hp.seq_len) / 3
 
     def eta(self, step: int) -> float:

@@ -476,7 +476,7 @@ def micro_batch_size(hp: Hyperparameters, world: int) -> int:
         raise ValueError(f"batch_size={hp.batch_size} is not divisible by the world size {world}; "
                          f"choose --batch_size= as a multiple of the number of processes")
     per_rank = hp.batch_size // world
-    return max(d for d in range(1, min(hp.micro_batch_size, per_rank) + 1) if per_rank % d == 0)
+    return max((d for d in range(1, min(hp.micro_batch_size, per_rank) + 1) if per_rank % d == 0), default=1)
 
 
 def token_batch(stream: TokenStream, starts, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -695,8 +695,8 @@ def probe_step_seconds(model: GPT, hp: Hyperparameters, ctx: Context, train: Tok
         t0 = time.perf_counter()
         with ctx.amp:
             model.loss(x, y, batch_mask(x, hp, window_size(hp, 0))).backward()
-    seconds = time.perf_counter() - t0
-    model.zero_grad(set_to_none=True)
+    seconds = rc.all_reduce_max([time.perf_counter() - t0], ctx.device)[0] if ctx.world > 1 else time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)  # (every rank takes the slowest rank's time, so all decide alike)
     return seconds / forward_backward_flops(hp, n, T) * forward_backward_flops(hp, hp.batch_size // ctx.world, hp.seq_len)
 
 
@@ -745,12 +745,12 @@ def warm_up(model, optimizers, train, hp, ctx: Context, fns: ModelFns, compiled:
     say(f"warm-up: {warmup} untimed step{'s' if warmup > 1 else ''}"
         + (" (torch.compile: the first takes a minute or more)" if compiled else ""), flush=True)
     initial = copy.deepcopy(dict(model=model.state_dict(), opts=[o.state_dict() for o in optimizers]))
-    first_only = ctx.device.type != "cuda"  # a CPU compiles on one micro-batch; CUDA also times Muon's kernels
+    limit = 1 if ctx.device.type != "cuda" else math.inf  # micro-batches: a CPU compiles on one; CUDA times Muon
     with kernels.measuring_dispatch():
         for s in range(warmup):
-            calls = itertools.count()
+            calls = itertools.count()  # train_step asks before each micro-batch whether to stop
             try:
-                train_step(model, optimizers, train, hp, s, ctx, fns.loss, stop=lambda: first_only and next(calls) >= 1)
+                train_step(model, optimizers, train, hp, s, ctx, fns.loss, stop=lambda: next(calls) >= limit)
             except torch._dynamo.exc.BackendCompilerFailed as e:
                 if not (compiled and hp.compile == "auto" and ctx.device.type == "cpu"):
                     raise
@@ -843,11 +843,11 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer = tokenizer_record(hp.train_files, hp.vocab_size)
         summary: dict = dict(saved.get("summary", {})) if saved else {}
         progress = rc.Progress(hp, ctx.world, ctx.device, log, say, lambda v: rc.all_reduce_sum(v, ctx.world, ctx.device),
-                               start_step, end_step, train_ms)
+                               start_step, end_step, train_ms, resumed=bool(saved))
         step = start_step
         while True:
             last = step >= end_step or progress.stopping
-            if rc.validation_due(hp, step) and not (step == start_step and (saved or progress.stopping)):
+            if progress.validation_due(step):
                 t_val = time.perf_counter()
                 val_loss, val_acc, stats = evaluate(model, val, hp, ctx, window_size(hp, step), fns.eval_sums)
                 summary = dict(step=step, val_loss=val_loss, val_acc=val_acc)
@@ -855,7 +855,7 @@ def main(argv: list[str] | None = None) -> dict:
                     report = lipschitz.bound_report(model)
                     rc.log_validation(log, hp, step, val_loss, val_acc, stats, progress, report, weight_norms(model))
                     summary["log10_bound"] = report["log10_bound_sharp"]  # the tightest certified bound
-                progress.validated(time.perf_counter() - t_val)
+                progress.validated(step, time.perf_counter() - t_val)
             if progress.checkpoint_due(step, last):
                 stop.reached_checkpoint()
                 if not rc.weights_finite(model):  # identical weights on every rank, so every rank stops here

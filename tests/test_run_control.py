@@ -204,3 +204,41 @@ def test_retired_flags_are_gone_and_old_checkpoints_with_them_off_still_load(tmp
     torch.save(state, path)
     with pytest.raises(ValueError, match="trained with --residual_lr_decay"):
         tg.model_from_checkpoint(path)
+
+
+def test_a_stop_during_a_validation_validates_once_and_checkpoints_that_step(shards, tmp_path, monkeypatch,
+                                                                             one_thread):
+    """SIGINT arrives while step 4 is being validated: the next step stops before its first micro-batch, and
+    the loop comes back to step 4 to checkpoint it, without validating it again."""
+    real = tg.evaluate
+
+    def signalling(model, val, hp, ctx, window, fns=None):
+        if len(seen) == 1:  # the second validation: step 4
+            os.kill(os.getpid(), signal.SIGINT)
+        seen.append(1)
+        return real(model, val, hp, ctx, window, fns)
+
+    seen: list[int] = []
+    monkeypatch.setattr(tg, "evaluate", signalling)
+    result = tg.main(["--preset=smoke", "--num_iterations=12", "--val_every=4", "--log_every=1", "--compile=no",
+                      "--run_id=valstop", *data_args(shards, tmp_path)])
+    assert result["stopped"] == "SIGINT" and result["step"] == 4
+    log = open(result["log"]).read()
+    assert log.count("step:4/12 val_loss:") == 1 and "step:5/12 train_loss" not in log
+    assert rc.read_checkpoint(result["checkpoint"])["step"] == 4
+
+
+def test_old_checkpoints_with_token_windows_are_refused():
+    with pytest.raises(ValueError, match="token-exact attention windows"):
+        rc.current_fields({"window_max": 1792}, "old.pt")
+    assert rc.current_fields({"window_max": 0}, "old.pt")["window_pattern"] == "L"
+
+
+def test_under_torchrun_a_first_signal_waits_for_the_ranks_to_agree():
+    """world 2: the first SIGINT only asks (no grace timer, no exit); the ranks stop at their next sync."""
+    import time
+    with rc.StopSignals(False, world=2, grace=0.1) as stop:
+        stop.arm()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # a grace timer would have ended the process by now
+        assert stop.received == signal.SIGINT and stop.heard == [signal.SIGINT]
