@@ -142,7 +142,7 @@ def test_eta_counts_training_and_validation_each_on_its_own_clock():
     for step in range(10):
         if rc.validation_due(hp, step):
             now[0] += 6.0
-            progress.validated(6.0)
+            progress.validated(step, 6.0)
         progress.step_begins()
         now[0] += 1.0
         progress.step_ends(step + 1, torch.tensor(1.0), False, 0, "none.pt")
