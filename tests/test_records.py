@@ -17,6 +17,7 @@ import torch
 
 import lipschitz
 import train_gpt as tg
+from assertions import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
@@ -332,14 +333,6 @@ def test_protocol_table_counts_a_run_complete_only_when_checkpoint_log_and_lengt
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_eval_protocols_bad_input(tiny, tmp_path, capsys):

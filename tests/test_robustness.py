@@ -13,6 +13,7 @@ import constraints
 import lipschitz as L
 import train_gpt as tg
 from tools import robustness as R
+from assertions import one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
@@ -256,14 +257,6 @@ def test_cli_table_json_and_progress(trained, capsys):
     for row in res["rows"]:
         assert {"eps", "clean", "attacked", "certified", "bound_sharp", "margin_bound"} <= set(row)
         assert 0 <= row["certified"] <= row["attacked"] <= row["clean"] <= 1
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def test_bad_input_is_one_line(trained, tmp_path, capsys):
