@@ -373,3 +373,13 @@ def test_other_scripts_bad_input(tiny, tmp_path, capsys):
     one_line_error(capsys, report.main([str(tmp_path / "missing.json")]), "missing.json", "robustness.py --json")
     one_line_error(capsys, report.main([str(tmp_path / "list.json")]), "list.json", "results")
     one_line_error(capsys, report.main([robustness_of_tiny(tiny), "--out", str(tmp_path / "nodir")]), "--out")
+
+
+def test_robustness_report_reads_parallel_parts_as_one_list(tiny, tmp_path, capsys):
+    """run.sh with JOBS=2 writes one output per process; report.py tables their checkpoints together."""
+    report = load_script("records/2026-12-05-robustness/report.py")
+    part = robustness_of_tiny(tiny)
+    assert report.main([part, part, "--out", str(tmp_path)]) == 0
+    accuracies = capsys.readouterr().out.split("\n\n")[0]
+    one, two = table_rows(accuracies, "smoke")
+    assert one == two

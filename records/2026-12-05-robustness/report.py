@@ -1,9 +1,9 @@
 """The robustness record's table (markdown) and plot (accuracy against eps), from tools/robustness.py --json.
 
-    python records/2026-12-05-robustness/report.py ROBUSTNESS_JSON [--out DIR]
+    python records/2026-12-05-robustness/report.py ROBUSTNESS_JSON [ROBUSTNESS_JSON ...] [--out DIR]
 
-Prints the table and writes DIR/table.md and DIR/accuracy_vs_eps.png (default DIR: this folder). One row per
-checkpoint, ordered by its sharp certified bound (at the embedding radius r; the smallest first): the step it
+Several outputs (run.sh's parallel parts) are read as one list of checkpoints. Prints the table and writes
+DIR/table.md and DIR/accuracy_vs_eps.png (default DIR: this folder). One row per checkpoint, ordered by its sharp certified bound (at the embedding radius r; the smallest first): the step it
 reached (marked preliminary when below its num_iterations), clean accuracy, then at each eps "attacked / certified"
 (fractions of the scored val tokens); then the fraction of right tokens kept (attacked / clean) at each eps, and the
 largest logit-margin drop found against the certificate's margin bound M. The plot has one colour per checkpoint:
@@ -141,11 +141,11 @@ def write_text(path: str, text: str) -> None:
 
 def main(argv=None) -> int:
     parser = Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("results", help="tools/robustness.py --json output")
+    parser.add_argument("results", nargs="+", help="tools/robustness.py --json outputs (their checkpoints together)")
     parser.add_argument("--out", default=HERE, help="folder for table.md and accuracy_vs_eps.png")
     try:
         args = parser.parse(argv)
-        results = read_results(args.results)
+        results = [r for path in args.results for r in read_results(path)]
         if not os.path.isdir(args.out):
             raise UsageError(f"--out={args.out}: not a directory")
     except UsageError as e:

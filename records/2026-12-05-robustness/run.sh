@@ -8,6 +8,8 @@
 # Each checkpoint is copied to SNAP_DIR first: the training runs rewrite theirs every 10 minutes (atomically,
 # but the scores should name one step). EPS, TOKENS, RESTARTS, STEPS, DTYPE set the sweep; RATIO=1 adds the
 # empirical Lipschitz lower bounds (--ratio, float64 advised: DTYPE=float64); OUT_DIR where the outputs go.
+# JOBS (default 1) splits the checkpoints over that many one-thread processes, each writing its own
+# robustness-<i>.json (robustness.json with JOBS=1); report.py reads them together.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HERE=records/2026-12-05-robustness
@@ -31,7 +33,18 @@ for p in "${paths[@]}"; do
   cp "$p" "$SNAP_DIR/" && snaps+=("$SNAP_DIR/$(basename "$p")")
 done
 ratio=(); [ "${RATIO:-0}" = 1 ] && ratio=(--ratio)
-python tools/robustness.py "${snaps[@]}" --json --eps="$EPS" --tokens="$TOKENS" --restarts="$RESTARTS" \
-  --steps="$STEPS" --dtype="$DTYPE" "${ratio[@]}" > "$OUT_DIR/robustness.json.tmp"
-mv "$OUT_DIR/robustness.json.tmp" "$OUT_DIR/robustness.json"
-python "$HERE/report.py" "$OUT_DIR/robustness.json" --out "$OUT_DIR"
+JOBS=${JOBS:-1}; [ "$JOBS" -le "${#snaps[@]}" ] || JOBS=${#snaps[@]}
+[ "$JOBS" -gt 1 ] && export OMP_NUM_THREADS=1
+outs=(); pids=()
+for ((i = 0; i < JOBS; i++)); do
+  part=(); for ((k = i; k < ${#snaps[@]}; k += JOBS)); do part+=("${snaps[$k]}"); done
+  out="$OUT_DIR/robustness.json"; [ "$JOBS" -gt 1 ] && out="$OUT_DIR/robustness-$((i + 1)).json"
+  outs+=("$out")
+  # each part writes a temp file and renames it when complete
+  (python tools/robustness.py "${part[@]}" --json \
+     --eps="$EPS" --tokens="$TOKENS" --restarts="$RESTARTS" --steps="$STEPS" --dtype="$DTYPE" "${ratio[@]}" \
+     > "$out.tmp" && mv "$out.tmp" "$out") &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+python "$HERE/report.py" "${outs[@]}" --out "$OUT_DIR"
