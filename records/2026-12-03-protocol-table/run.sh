@@ -5,7 +5,8 @@
 # resumed from it (exactly), so a set cut off at the end of a session goes on where it stopped; a complete
 # run is reported as such and skipped.
 #   JOBS=2 bash records/2026-12-03-protocol-table/run.sh [NAME ...]      (from any directory)
-# NAME: w<cap>[-als<attn logit scale>][-fls<final logit scale>][-head<lm_head cap>][-s<seed>] (soft cap), or
+# NAME: w<cap>[-als<attn logit scale>][-fls<final logit scale>][-head<lm_head cap>][-hlr<lm_head lr>][-s<seed>]
+# (soft cap), or
 # adamw[-s<seed>] (AdamW + weight decay 0.1, no constraint). Default: the protocol table's seven runs, then
 # the 200-step frontier screen's best per bound bucket at full length.
 # STEPS (default 2000), VAL_EVERY (100), CKPT_DIR and LOG_DIR let the 200-step frontier screen
@@ -38,6 +39,7 @@ flags() {  # the flags of one named run
       als*)  out="$out --attn_logit_scale=${part#als}" ;;
       fls*)  out="$out --final_logit_scale=${part#fls}" ;;
       head*) out="$out --lm_head_w_max=${part#head}" ;;
+      hlr*)  out="$out --lm_head_lr=${part#hlr}" ;;
       *) echo "unknown part $part of run $1" >&2; return 2 ;;
     esac
   done
