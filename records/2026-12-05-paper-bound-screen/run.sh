@@ -7,7 +7,8 @@
 # checkpoints/paper-bound/ (git-ignored) for eval_protocols.py and tools/robustness.py.
 #   JOBS=1 bash records/2026-12-05-paper-bound-screen/run.sh [NAME ...]      (from any directory)
 # NAME as in records/2026-12-03-protocol-table/run.sh: w<cap>[-als<s>][-fls<s>][-head<cap>][-hlr<lm_head lr>];
-# the runs go through that script (the same flags at 200 steps, seed 0, validation every 50 steps), JOBS at a time, one thread each.
+# the runs go through that script (the same flags at 200 steps, seed 0, validation every 50 steps), JOBS at a
+# time, one thread each.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NAMES=${*:-w1-als1-fls2.5 w1-als2-fls2 w1-als1-fls2 w1.25-als1-fls1 w1-als1-fls1-head2 w1-als1-fls1}
