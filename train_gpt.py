@@ -210,10 +210,10 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.weight.to(x.dtype))
 
 
-def semi_orthogonal_(w: torch.Tensor) -> torch.Tensor:
-    """Init W (d_out, d_in) semi-orthogonal, scaled to RMS->RMS norm exactly 1."""
+def semi_orthogonal_(w: torch.Tensor, norm: float = 1.0) -> torch.Tensor:
+    """Init W (d_out, d_in) semi-orthogonal, scaled to RMS->RMS norm exactly `norm`."""
     with torch.no_grad():
-        return nn.init.orthogonal_(w).mul_(math.sqrt(w.shape[0] / w.shape[1]))
+        return nn.init.orthogonal_(w).mul_(norm * math.sqrt(w.shape[0] / w.shape[1]))
 
 
 class Rotary(nn.Module):
@@ -324,7 +324,10 @@ class GPT(nn.Module):
                                                                                            "mlp.proj.weight")}
         for name, p in self.named_parameters():
             if p.ndim == 2 and name != "embed.weight":  # out projections and lm_head start at zero by default
-                nn.init.zeros_(p) if hp.zero_init_out and name in zeroed else semi_orthogonal_(p.data)
+                cap = hp.lm_head_w_max if name == "lm_head.weight" else hp.w_max
+                # under a cap below 1 the init starts inside it: the soft cap's step assumes ||W|| <= w_max
+                norm = min(1.0, cap) if hp.constraint != "none" else 1.0
+                nn.init.zeros_(p) if hp.zero_init_out and name in zeroed else semi_orthogonal_(p.data, norm)
         with torch.no_grad():
             self.embed.weight.copy_(constraints.cap_row_rms(self.embed.weight, hp.emb_w_max))
 

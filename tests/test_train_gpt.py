@@ -90,14 +90,23 @@ def test_hyperparameters_from_args():
         tg.Hyperparameters.from_args(["--preset=nope"])
 
 
-def test_model_init_is_capped_and_lipschitz():
-    hp = tg.Hyperparameters.from_preset("smoke", vocab_size=256)
+@pytest.mark.parametrize("flags, hidden, head", [
+    ([], 1.0, 1.0),
+    (["--w_max=2", "--lm_head_w_max=3"], 1.0, 1.0),  # above 1 the init is unchanged
+    (["--w_max=0.25", "--lm_head_w_max=0.5"], 0.25, 0.5),  # below 1 it starts inside the cap
+    (["--w_max=0.25", "--constraint=none"], 1.0, 1.0),  # no cap: nothing to start inside
+])
+def test_model_init_is_capped_and_lipschitz(flags, hidden, head):
+    hp = tg.Hyperparameters.from_args(["--preset=smoke", "--vocab_size=256", "--zero_init_out=0", *flags])
     model = tg.make_model(hp)
     for name, p in model.named_parameters():
         if p.ndim == 2 and name != "embed.weight":
             norm = constraints.rms_norm_op(p.detach()).item()
-            zero = any(s in name for s in (".o.", ".proj.", "lm_head"))
-            assert norm == pytest.approx(0.0 if zero else 1.0, abs=1e-5), name
+            assert norm == pytest.approx(head if name == "lm_head.weight" else hidden, rel=1e-5), name
+    zeroed = tg.make_model(tg.Hyperparameters.from_preset("smoke", vocab_size=256))
+    for name, p in zeroed.named_parameters():
+        if any(s in name for s in (".o.", ".proj.", "lm_head")):
+            assert not p.any(), name
     rows = model.embed.weight.square().mean(-1).sqrt()
     assert rows.max().item() <= hp.emb_w_max + 1e-6
 
