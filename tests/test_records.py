@@ -383,3 +383,15 @@ def test_robustness_report_reads_parallel_parts_as_one_list(tiny, tmp_path, caps
     accuracies = capsys.readouterr().out.split("\n\n")[0]
     one, two = table_rows(accuracies, "smoke")
     assert one == two
+
+
+def test_protocol_table_reads_scores_in_batches(tiny, tmp_path, capsys):
+    """Checkpoints scored as their runs finish: several eval_protocols.py outputs read as one list, none twice."""
+    table = load_script("records/2026-12-03-protocol-table/table.py")
+    scores, logs = scores_of_tiny(tiny), os.path.dirname(tiny.log)
+    assert table.main([scores, "--logs", logs, "--config", "smoke"]) == 0
+    whole = capsys.readouterr().out
+    (tmp_path / "none.json").write_text(json.dumps({"results": []}))
+    assert table.main([scores, str(tmp_path / "none.json"), "--logs", logs, "--config", "smoke"]) == 0
+    assert capsys.readouterr().out == whole
+    one_line_error(capsys, table.main([scores, scores, "--logs", logs]), "more than one", "once")

@@ -3,10 +3,12 @@
 sharp certified bound and the paper's literal recursion), a second table of the accuracy under every protocol,
 and the README's Results line for the w_max 2 runs.
 
-    python records/2026-12-03-protocol-table/table.py SCORES_JSON [--logs DIR] [--paper 1.29] [--config w2]
+    python records/2026-12-03-protocol-table/table.py SCORES_JSON [SCORES_JSON ...] [--logs DIR] [--paper 1.29]
+        [--config w2]
 
 SCORES_JSON: the output of
     python records/2026-11-22-shakespeare-h100/gap-screen/eval_protocols.py checkpoints/protocol/*.pt --json
+or several (checkpoints scored in batches as their runs finish), read as one list.
 --logs: the runs' logs, <run_id>.txt (default: this folder's logs/). A configuration is the run id without its
 -s<seed> suffix. Only complete runs enter the means: the checkpoint's step, the log's last step and the run's
 num_iterations M (the log's, and the checkpoint's when the scores carry it) all agree; the others are listed with
@@ -155,13 +157,18 @@ def plus_minus(std: float | None) -> str:
 
 def main(argv=None) -> int:
     parser = Parser(description=__doc__.split("\n")[0])
-    parser.add_argument("scores")
+    parser.add_argument("scores", nargs="+")
     parser.add_argument("--logs", default=os.path.join(HERE, "logs"))
     parser.add_argument("--paper", type=float, default=1.29, help="the paper's number for the Results line")
     parser.add_argument("--config", default="w2", help="the configuration of the Results line")
     try:
         args = parser.parse(argv)
-        rows = run_rows(read_scores(args.scores), args.logs)
+        results = [r for path in args.scores for r in read_scores(path)]
+        seen = [r["checkpoint"] for r in results]
+        twice = sorted({c for c in seen if seen.count(c) > 1})
+        if twice:
+            raise UsageError(f"{twice[0]} is scored in more than one of the files; pass each checkpoint's scores once")
+        rows = run_rows(results, args.logs)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
