@@ -201,8 +201,26 @@ def check_robustness_report(tiny, proc):
     assert (out / "accuracy_vs_eps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def check_rescale(tiny, proc):
+    old, _ = tg.model_from_checkpoint(tiny.ckpt)
+    new, state = tg.model_from_checkpoint(str(tiny.dir / "rescaled.pt"))
+    assert state["hp"]["run_id"] == "rescaled" and torch.equal(new.lm_head.weight, old.lm_head.weight)
+    sharp = lipschitz.bound_report(new)["bound_sharp"]
+    assert sharp <= 2 and sharp == pytest.approx(2, rel=1e-6)  # at most the target, and at it
+    factor = new.final_logit_scale / old.final_logit_scale
+    assert factor == pytest.approx(sharp / lipschitz.bound_report(old)["bound_sharp"], rel=1e-9)
+    tokens = torch.randint(0, old.hp.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # same tokens predicted, logits scaled: accuracy is blind to the bound
+        a, b = old.logits_from_embeddings(old.embed(tokens)), new.logits_from_embeddings(new.embed(tokens))
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert torch.allclose(b, a * factor, rtol=1e-5, atol=0)
+    assert "sharp bound: 10^" in proc.stdout and "= 2" in proc.stdout
+
+
 # relative path -> (arguments given the `tiny` fixture, check of the finished process)
 RECIPES = {
+    "records/2026-12-05-paper-bound-screen/rescale.py": (
+        lambda t: [t.ckpt, "--target", "2", "--out", str(t.dir / "rescaled.pt")], check_rescale),
     "records/2026-12-03-protocol-table/table.py": (
         lambda t: [scores_of_tiny(t), "--logs", os.path.dirname(t.log), "--config", "smoke"], check_protocol_table),
     "records/2026-12-05-robustness/report.py": (
@@ -369,6 +387,10 @@ def test_other_scripts_bad_input(tiny, tmp_path, capsys):
     one_line_error(capsys, table.main([str(tmp_path / "list.json")]), "list.json", "results")
     one_line_error(capsys, table.main([scores_of_tiny(tiny), "--logs", str(tmp_path)]), "smoke.txt", "--logs")
     one_line_error(capsys, table.main([]), "scores")
+    rescale = load_script("records/2026-12-05-paper-bound-screen/rescale.py")
+    one_line_error(capsys, rescale.main([str(tmp_path / "list.json"), "--target=2", "--out=x.pt"]), "list.json")
+    one_line_error(capsys, rescale.main([tiny.ckpt, "--target=0", "--out=x.pt"]), "--target")
+    one_line_error(capsys, rescale.main([tiny.ckpt, "--target=2", f"--out={tiny.ckpt}"]), "--out")
     report = load_script("records/2026-12-05-robustness/report.py")
     one_line_error(capsys, report.main([str(tmp_path / "missing.json")]), "missing.json", "robustness.py --json")
     one_line_error(capsys, report.main([str(tmp_path / "list.json")]), "list.json", "results")
