@@ -217,8 +217,27 @@ def check_rescale(tiny, proc):
     assert "sharp bound: 10^" in proc.stdout and "= 2" in proc.stdout
 
 
+def check_bigram(tiny, proc):
+    """The printed accuracies against a dictionary count of the same shards (ties broken toward the smaller id)."""
+    from collections import Counter
+    from data.shards import read_shard
+    train, val = ([int(t) for p in sorted(glob.glob(str(tiny.shards / f"*{split}*.bin"))) for t in read_shard(p)]
+                  for split in ("train", "val"))
+    pairs = Counter(zip(train, train[1:]))
+    best = {}
+    for (a, b), n in sorted(pairs.items()):
+        if n > best.get(a, (0, None))[0]:
+            best[a] = (n, b)
+    first = sum(best.get(a, (0, 0))[1] == b for a, b in zip(val[:1000], val[1:1001])) / 1000
+    whole = sum(best.get(a, (0, 0))[1] == b for a, b in zip(val, val[1:])) / (len(val) - 1)
+    accs = [float(line.split("accuracy ")[1].split(",")[0]) for line in proc.stdout.splitlines()[1:]]
+    assert accs == pytest.approx([first, whole], abs=5e-5)
+
+
 # relative path -> (arguments given the `tiny` fixture, check of the finished process)
 RECIPES = {
+    "records/2026-12-05-paper-bound-screen/bigram.py": (
+        lambda t: ["--data", t.shards, "--val_tokens", "1000"], check_bigram),
     "records/2026-12-05-paper-bound-screen/rescale.py": (
         lambda t: [t.ckpt, "--target", "2", "--out", str(t.dir / "rescaled.pt")], check_rescale),
     "records/2026-12-03-protocol-table/table.py": (
