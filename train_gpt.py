@@ -324,9 +324,8 @@ class GPT(nn.Module):
                                                                                            "mlp.proj.weight")}
         for name, p in self.named_parameters():
             if p.ndim == 2 and name != "embed.weight":  # out projections and lm_head start at zero by default
-                cap = hp.lm_head_w_max if name == "lm_head.weight" else hp.w_max
-                # under a cap below 1 the init starts inside it: the soft cap's step assumes ||W|| <= w_max
-                norm = min(1.0, cap) if hp.constraint != "none" else 1.0
+                cap = hp.lm_head_w_max if name == "lm_head.weight" else hp.w_max  # start inside a cap below 1:
+                norm = min(1.0, cap) if hp.constraint != "none" else 1.0  # the soft cap assumes ||W|| <= w_max
                 nn.init.zeros_(p) if hp.zero_init_out and name in zeroed else semi_orthogonal_(p.data, norm)
         with torch.no_grad():
             self.embed.weight.copy_(constraints.cap_row_rms(self.embed.weight, hp.emb_w_max))
